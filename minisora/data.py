@@ -1,0 +1,146 @@
+"""Video datasets shared by every stage.
+
+`VideoDataset` reads clips from data/<name>/<split>/*.mp4 (also .avi/.webm/...), in sorted file
+order (row i of any stage file made from a split is video i), and returns float tensors
+(C, T, H, W), RGB, in [-1, 1] (x = uint8 / 127.5 - 1), resized (shorter side, antialiased) and
+centre-cropped to `resolution`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from minisora.video_io import VideoReadError, list_videos, read_video, video_info
+
+GENERATE_HINT = (
+    "Generate Flying MNIST with `python generate_flying_mnist.py --name {name}` (add e.g. --resolution 64 "
+    "--num_frames 16 --max_digits 2 --num_train 512 --num_val 64 for a CPU-small set), or download the "
+    "published videos with `python generate_flying_mnist.py --download 11k`."
+)
+
+
+def split_dir(dataset: str, split: str, data_dir: str | os.PathLike = "data") -> Path:
+    """data/<dataset>/<split>, or <dataset>/<split> when `dataset` is itself a path to a folder."""
+    d = Path(dataset)
+    root = d if d.is_dir() and (d / split).is_dir() else Path(data_dir) / dataset
+    return root / split
+
+
+def frames_to_tensor(frames: np.ndarray, resolution: int | None = None) -> torch.Tensor:
+    """uint8 (T, H, W, 3) -> float (3, T, R, R) in [-1, 1]; resize shorter side to R + centre crop."""
+    x = torch.from_numpy(frames).permute(3, 0, 1, 2).float()  # C, T, H, W
+    if resolution is not None:
+        h, w = x.shape[-2:]
+        if min(h, w) != resolution:
+            s = resolution / min(h, w)
+            size = (max(resolution, round(h * s)), max(resolution, round(w * s)))
+            x = F.interpolate(x.transpose(0, 1), size=size, mode="bilinear", align_corners=False,
+                              antialias=s < 1).transpose(0, 1)
+            h, w = size
+        if (h, w) != (resolution, resolution):
+            top, left = (h - resolution) // 2, (w - resolution) // 2
+            x = x[..., top:top + resolution, left:left + resolution]
+    return x.div_(127.5).sub_(1.0).clamp_(-1.0, 1.0)
+
+
+class VideoDataset(Dataset):
+    """Clips of `sequence_length` frames (every `frame_stride`-th frame) from each video.
+
+    num_clips_per_video=k gives k items per video with evenly spaced starts (item i -> video i // k).
+    random_clip=True draws each clip's start uniformly instead (for training; all valid starts,
+    the last one included). return_metadata=True adds `labels` (10-dim multi-hot of digits present)
+    and `num_digits` from the split's metadata.jsonl.
+
+    Bad videos (corrupt, empty, too short): on_error="skip" warns with the file name, counts it in
+    `skipped`, and returns the next good video instead; on_error="raise" stops with VideoReadError.
+    """
+
+    def __init__(self, dataset: str = "flying_mnist", split: str = "train", resolution: int | None = 64,
+                 sequence_length: int = 16, frame_stride: int = 1, num_clips_per_video: int = 1,
+                 random_clip: bool = False, return_metadata: bool = False, on_error: str = "skip",
+                 data_dir: str | os.PathLike = "data", max_videos: int | None = None, backend: str | None = None):
+        if on_error not in ("skip", "raise"):
+            raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+        self.dir = split_dir(dataset, split, data_dir)
+        if not self.dir.is_dir():
+            raise FileNotFoundError(f"no data directory {self.dir}. " + GENERATE_HINT.format(name=dataset))
+        self.files = list_videos(self.dir)[:max_videos]
+        if not self.files:
+            raise FileNotFoundError(f"no videos (*.mp4, *.avi, *.webm) in {self.dir}. " + GENERATE_HINT.format(name=dataset))
+        self.resolution, self.sequence_length, self.frame_stride = resolution, sequence_length, frame_stride
+        self.num_clips_per_video, self.random_clip = num_clips_per_video, random_clip
+        self.return_metadata, self.on_error, self.backend = return_metadata, on_error, backend
+        self.skipped: set[str] = set()
+        self._num_frames: dict[int, int] = {}
+        info = self.dir.parent / "info.json"  # written by generate_flying_mnist.py: every video has the same length
+        if info.exists():
+            n = json.loads(info.read_text()).get("generator", {}).get("num_frames")
+            self._num_frames = dict.fromkeys(range(len(self.files)), n) if n else {}
+        self.labels = self._load_labels() if return_metadata else None
+
+    def _load_labels(self) -> list[list[int]]:
+        meta = self.dir / "metadata.jsonl"
+        if not meta.exists():
+            raise FileNotFoundError(f"return_metadata needs {meta} (written by generate_flying_mnist.py)")
+        by_file = {}
+        with open(meta) as f:
+            for line in f:
+                r = json.loads(line)
+                by_file[r["file"]] = r["labels"]
+        missing = [p.name for p in self.files if p.relative_to(self.dir).as_posix() not in by_file]
+        if missing:
+            raise ValueError(f"{meta} has no entry for {len(missing)} video(s), e.g. {missing[:3]}")
+        return [by_file[p.relative_to(self.dir).as_posix()] for p in self.files]
+
+    @property
+    def span(self) -> int:
+        return (self.sequence_length - 1) * self.frame_stride + 1
+
+    def __len__(self) -> int:
+        return len(self.files) * self.num_clips_per_video
+
+    def num_frames(self, vi: int) -> int:
+        if vi not in self._num_frames:
+            self._num_frames[vi] = video_info(self.files[vi]).num_frames
+        return self._num_frames[vi]
+
+    def clip_start(self, vi: int, clip: int) -> int:
+        room = self.num_frames(vi) - self.span
+        if room < 0:
+            raise VideoReadError(f"video {self.files[vi]} is too short: {self.num_frames(vi)} frames, "
+                                 f"need {self.span} (sequence_length={self.sequence_length}, stride={self.frame_stride})")
+        if self.random_clip:
+            return int(torch.randint(0, room + 1, ()).item())
+        k = self.num_clips_per_video
+        return round(clip * room / (k - 1)) if k > 1 else 0
+
+    def load(self, vi: int, clip: int = 0) -> dict:
+        start = self.clip_start(vi, clip)
+        frames = read_video(self.files[vi], start, self.sequence_length, self.frame_stride, backend=self.backend)
+        item = {"video": frames_to_tensor(frames, self.resolution), "index": vi, "start": start}
+        if self.labels is not None:
+            multi_hot = torch.zeros(10)
+            multi_hot[list(self.labels[vi])] = 1.0
+            item["labels"], item["num_digits"] = multi_hot, len(self.labels[vi])
+        return item
+
+    def __getitem__(self, i: int) -> dict:
+        vi, clip = divmod(i, self.num_clips_per_video)
+        for attempt in range(len(self.files)):
+            v = (vi + attempt) % len(self.files)
+            try:
+                return self.load(v, clip)
+            except VideoReadError as e:
+                if self.on_error == "raise":
+                    raise
+                if str(self.files[v]) not in self.skipped:
+                    self.skipped.add(str(self.files[v]))
+                    warnings.warn(f"skipping bad video ({len(self.skipped)} so far): {e}", stacklevel=2)
+        raise VideoReadError(f"no readable video in {self.dir}")

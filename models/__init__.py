@@ -1,0 +1,1 @@
+"""MiniSora models: video autoencoders and (later) latent generators."""

@@ -1,0 +1,129 @@
+"""Small building blocks shared by the MiniSora models.
+
+Video tensors are (B, C, T, H, W). Strides are given per axis as (t, h, w) tuples.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+
+def group_count(channels: int, max_groups: int = 32) -> int:
+    """Largest group count <= max_groups that divides `channels`."""
+    g = min(max_groups, channels)
+    while channels % g:
+        g -= 1
+    return g
+
+
+class Normalize(nn.GroupNorm):
+    """GroupNorm whose group count divides the channels.
+
+    per_frame=True normalises every frame on its own (statistics over C/g, H, W only),
+    so no information leaks across time -- needed for causal models.
+    """
+
+    def __init__(self, channels: int, per_frame: bool = False, max_groups: int = 32):
+        super().__init__(group_count(channels, max_groups), channels, eps=1e-6)
+        self.per_frame = per_frame
+
+    def forward(self, x):
+        if self.per_frame and x.dim() == 5:
+            b = x.shape[0]
+            y = super().forward(rearrange(x, "b c t h w -> (b t) c h w"))
+            return rearrange(y, "(b t) c h w -> b c t h w", b=b)
+        return super().forward(x)
+
+
+def _triple(v):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v, v)
+
+
+class Conv3d(nn.Conv3d):
+    """Conv3d whose padding makes every output size exactly input_size / stride.
+
+    Per axis the total padding is kernel - stride, split evenly (the extra pixel goes
+    right). causal=True puts all temporal padding in the past, so output frame i
+    only sees input frames <= i * stride_t + stride_t - 1.
+    """
+
+    def __init__(self, cin, cout, kernel=3, stride=1, causal=False):
+        k, s = _triple(kernel), _triple(stride)
+        pads = []  # (left, right) per axis t, h, w
+        for i, (ki, si) in enumerate(zip(k, s)):
+            total = ki - si
+            left = total if (causal and i == 0) else total // 2
+            pads.append((left, total - left))
+        symmetric = all(l == r for l, r in pads)
+        super().__init__(cin, cout, k, s, padding=tuple(l for l, _ in pads) if symmetric else 0)
+        # F.pad wants the last axis first: (w_l, w_r, h_l, h_r, t_l, t_r)
+        self.pad = None if symmetric else tuple(p for lr in reversed(pads) for p in lr)
+
+    def forward(self, x):
+        if self.pad is not None:
+            x = F.pad(x, self.pad)
+        return super().forward(x)
+
+
+class ResBlock3d(nn.Module):
+    """norm -> SiLU -> conv3d -> norm -> SiLU -> (dropout) -> conv3d, plus skip (1x1x1 conv if channels change)."""
+
+    def __init__(self, cin: int, cout: int | None = None, dropout: float = 0.0, causal: bool = False):
+        super().__init__()
+        cout = cout or cin
+        self.norm1 = Normalize(cin, per_frame=causal)
+        self.conv1 = Conv3d(cin, cout, 3, causal=causal)
+        self.norm2 = Normalize(cout, per_frame=causal)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = Conv3d(cout, cout, 3, causal=causal)
+        self.skip = nn.Identity() if cin == cout else nn.Conv3d(cin, cout, 1)
+
+    def forward(self, x):
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class Downsample3d(nn.Module):
+    """Strided 3x3x3 conv; stride (t, h, w) with entries 1 or 2. Even sizes halve exactly."""
+
+    def __init__(self, cin: int, cout: int | None = None, stride=(2, 2, 2), causal: bool = False):
+        super().__init__()
+        self.conv = Conv3d(cin, cout or cin, 3, stride, causal=causal)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class Upsample3d(nn.Module):
+    """Nearest-neighbour upsampling by `stride` (t, h, w) followed by a 3x3x3 conv (no checkerboards)."""
+
+    def __init__(self, cin: int, cout: int | None = None, stride=(2, 2, 2), causal: bool = False):
+        super().__init__()
+        self.stride = _triple(stride)
+        self.conv = Conv3d(cin, cout or cin, 3, causal=causal)
+
+    def forward(self, x):
+        if self.stride != (1, 1, 1):
+            x = F.interpolate(x, scale_factor=self.stride, mode="nearest")
+        return self.conv(x)
+
+
+def modulate(x, shift, scale):
+    """adaLN modulation x * (1 + scale) + shift. x: (B, N, D); shift/scale: (B, D) or broadcastable to x."""
+    if shift.dim() == x.dim() - 1:
+        shift, scale = shift.unsqueeze(1), scale.unsqueeze(1)
+    return x * (1 + scale) + shift
+
+
+def timestep_embedding(t, dim: int, max_period: float = 10000.0):
+    """Sinusoidal embedding of (possibly fractional) timesteps t: (B,) -> (B, dim), [cos | sin]."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb

@@ -1,0 +1,391 @@
+"""Video autoencoders: plain AE, KL-VAE, VQ-VAE and KL+VQ, selected by `VAEConfig`.
+
+    x (B, 3, T, H, W) in [-1, 1]  --encoder-->  z (B, E, T/ts, H/ss, W/ss)  --decoder-->  recon
+    VQ models also give int64 tokens (B, T/ts, H/ss, W/ss) in [0, n_codes).
+
+The encoder is a stack of levels; each level has `num_res_blocks` ResBlock3d's and then
+(except the last) a stride-2 downsample along the axes whose stride is not yet reached.
+The decoder mirrors it with nearest-neighbour upsampling.
+"""
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+from .layers import Conv3d, Downsample3d, Normalize, ResBlock3d, Upsample3d
+
+
+# ---------------------------------------------------------------------------- config
+@dataclass
+class VAEConfig:
+    variant: str = "custom"
+    spatial_stride: int = 4
+    temporal_stride: int = 4
+    embedding_dim: int = 4            # latent channels E
+    n_codes: int = 2048               # codebook size K (VQ only)
+    quantize: bool = False
+    kl: bool = False
+    channels: tuple[int, ...] = (32, 64, 128)  # encoder width per level; len-1 >= log2(max stride)
+    num_res_blocks: int = 1
+    causal: bool = False              # causal in time (past-only padding, per-frame norms)
+    dropout: float = 0.0
+    kl_weight: float = 1e-3           # weight of kl_loss (mean per latent element) in the total loss
+    commitment_cost: float = 0.25
+    ema_decay: float = 0.99
+    low_utilization_cost: float = 0.0
+    in_channels: int = 3
+
+    def __post_init__(self):
+        self.channels = tuple(int(c) for c in self.channels)
+        for name in ("spatial_stride", "temporal_stride"):
+            s = getattr(self, name)
+            if s < 1 or s & (s - 1):
+                raise ValueError(f"{name}={s} must be a power of two")
+        need = int(math.log2(max(self.spatial_stride, self.temporal_stride)))
+        if len(self.channels) < need + 1:
+            raise ValueError(f"strides s{self.spatial_stride} t{self.temporal_stride} need >= {need + 1} "
+                             f"levels but channels={self.channels}")
+
+    def level_strides(self) -> list[tuple[int, int, int]]:
+        """(t, h, w) downsampling stride applied at the end of each level but the last."""
+        out, t, s = [], self.temporal_stride, self.spatial_stride
+        for _ in range(len(self.channels) - 1):
+            st, ss = (2 if t > 1 else 1), (2 if s > 1 else 1)
+            out.append((st, ss, ss))
+            t, s = t // st, s // ss
+        return out
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["channels"] = list(self.channels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VAEConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown VAEConfig keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+def _p(ss, ts, channels, quantize=False, kl=False, num_res_blocks=1, **kw):
+    return dict(spatial_stride=ss, temporal_stride=ts, channels=channels, quantize=quantize, kl=kl,
+                num_res_blocks=num_res_blocks, **kw)
+
+
+# Upstream names keep their strides and quantize/KL flags. Widths: plain ~16-64, "_a"/"_b" ~32-128
+# (32 at full resolution, where 3D convs cost most), "_l" are larger GPU models.
+# "_tanh" upstream meant a tanh output; our decoder outputs linearly (MSE vs [-1, 1] targets).
+PRESETS: dict[str, dict] = {
+    "encode111111_decode111111": _p(1, 1, (32,)),
+    "encode133111_decode111111": _p(1, 1, (32,)),
+    "encode133122_decode144122": _p(2, 1, (32, 64)),
+    "encode133122_decode144122_tanh": _p(2, 1, (32, 64)),
+    "encode133122_decode144122_tanh_vq": _p(2, 1, (32, 64), quantize=True),
+    "encode333222_decode444222_tanh": _p(2, 2, (32, 64)),
+    "encode_decode_spatial4x": _p(4, 1, (16, 32, 64)),
+    "encode_decode_spatial4x_a": _p(4, 1, (32, 64, 64)),
+    "vae_spatial4x_a": _p(4, 1, (32, 64, 64), kl=True),
+    "encode_decode_spatial4x_a_vq": _p(4, 1, (32, 64, 64), quantize=True),
+    "vae_spatial4x_a_vq": _p(4, 1, (32, 64, 64), quantize=True, kl=True),
+    "s4t4": _p(4, 4, (16, 32, 64)),
+    "s4t4_a": _p(4, 4, (32, 64, 64)),
+    "s4t4_b": _p(4, 4, (32, 64, 128)),
+    "s4t4_c": _p(4, 4, (32, 64, 128), num_res_blocks=2),
+    "s4t4_b_vq": _p(4, 4, (32, 64, 128), quantize=True),
+    "vae_s4t4_b": _p(4, 4, (32, 64, 128), kl=True),
+    "vae_s4t4_b_vq": _p(4, 4, (32, 64, 128), quantize=True, kl=True),
+    "encode_decode_spatial8x_a": _p(8, 1, (32, 64, 64, 64)),
+    # Upstream called s8_b a VQ-VAE but never quantized; here it does (s4 t4, tokens for the GPT).
+    "s8_b": _p(4, 4, (32, 64, 128), quantize=True),
+    "s8t8_a": _p(8, 8, (32, 64, 64, 64)),
+    "s8t8_b": _p(8, 8, (32, 64, 128, 128)),
+    "vae_s8t8_b": _p(8, 8, (32, 64, 128, 128), kl=True),
+    "s8t8_b_vq": _p(8, 8, (32, 64, 128, 128), quantize=True),
+    "encode_decode_spatial16x_a": _p(16, 1, (32, 64, 64, 64, 64)),
+    "s16t16_a": _p(16, 16, (32, 64, 64, 64, 64)),
+    "causal_s8t4": _p(8, 4, (32, 64, 128, 128), quantize=True, causal=True),
+    # larger GPU presets
+    "s4t4_l": _p(4, 4, (64, 128, 256), num_res_blocks=2),
+    "s4t4_l_vq": _p(4, 4, (64, 128, 256), quantize=True, num_res_blocks=2),
+    "vae_s4t4_l": _p(4, 4, (64, 128, 256), kl=True, num_res_blocks=2),
+}
+
+
+def make_config(variant: str, **overrides) -> VAEConfig:
+    if variant not in PRESETS:
+        raise ValueError(f"unknown VAE variant {variant!r}; valid: {', '.join(PRESETS)}")
+    return VAEConfig(variant=variant, **{**PRESETS[variant], **overrides})
+
+
+# ---------------------------------------------------------------------------- quantizer
+def _ddp() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _sample_rows(z: torch.Tensor, n: int, noise: float = 0.01) -> torch.Tensor:
+    """n random rows of z (N, E) plus noise * std(z) Gaussian noise, so no two picks are equal."""
+    idx = torch.randperm(len(z), device=z.device)[:n] if len(z) >= n else torch.randint(len(z), (n,), device=z.device)
+    rows = z[idx].float()
+    return rows + noise * z.float().std().clamp_min(1e-6) * torch.randn_like(rows)
+
+
+class VectorQuantizer(nn.Module):
+    """Nearest-neighbour vector quantizer with an EMA codebook (VQ-VAE-2 style).
+
+    * Codebook (K, E) is a buffer, updated by exponential moving averages of the per-code
+      assignment counts and vector sums (Laplace-smoothed counts); in DDP the batch statistics
+      are all-reduced so every rank holds the same codebook.
+    * The first training batch initialises the codebook with random encoder outputs (+ tiny noise).
+    * Loss is only the commitment term beta * MSE(z, sg[q]); gradients pass straight through.
+    * low_utilization_cost = lam > 0: every code additionally counts as if its nearest encoder
+      output in the batch had been assigned to it with weight lam. This is folded into the EMA
+      statistics, so a used code (count >> lam) barely moves while an unused code drifts to the
+      data it is closest to instead of staying dead.
+    """
+
+    def __init__(self, n_codes: int, dim: int, commitment_cost: float = 0.25, ema_decay: float = 0.99,
+                 low_utilization_cost: float = 0.0, eps: float = 1e-5, chunk_elems: int = 2 ** 25):
+        super().__init__()
+        self.n_codes, self.dim = n_codes, dim
+        self.commitment_cost, self.ema_decay = commitment_cost, ema_decay
+        self.low_utilization_cost, self.eps, self.chunk_elems = low_utilization_cost, eps, chunk_elems
+        self.register_buffer("codebook", torch.randn(n_codes, dim))
+        self.register_buffer("cluster_size", torch.ones(n_codes))
+        self.register_buffer("embed_sum", self.codebook.clone())
+        self.register_buffer("initialized", torch.tensor(False))
+
+    # -- nearest code search ------------------------------------------------------
+    @torch.no_grad()
+    def nearest(self, flat: torch.Tensor, per_code: bool = False):
+        """flat (N, E) -> code index per row (N,); with per_code also the nearest row per code (K,).
+
+        Squared distances ||z||^2 - 2 z.C^T + ||C||^2 in float32, chunked to ~chunk_elems entries.
+        """
+        with torch.autocast(flat.device.type, enabled=False):
+            flat, cb = flat.float(), self.codebook.float()
+            c2 = (cb * cb).sum(1)
+            idx = torch.empty(len(flat), dtype=torch.long, device=flat.device)
+            best_d = torch.full((self.n_codes,), float("inf"), device=flat.device)
+            best_i = torch.zeros(self.n_codes, dtype=torch.long, device=flat.device)
+            step = max(1, self.chunk_elems // self.n_codes)
+            for s in range(0, len(flat), step):
+                f = flat[s:s + step]
+                d = (f * f).sum(1, keepdim=True) - 2 * f @ cb.t() + c2
+                idx[s:s + step] = d.argmin(1)
+                if per_code:
+                    m, j = d.min(0)
+                    better = m < best_d
+                    best_d, best_i = torch.where(better, m, best_d), torch.where(better, j + s, best_i)
+        return (idx, best_i) if per_code else idx
+
+    def vectors_to_codes(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, E, t, h, w) -> int64 (B, t, h, w)."""
+        b, _, t, h, w = z.shape
+        return self.nearest(rearrange(z, "b e t h w -> (b t h w) e")).view(b, t, h, w)
+
+    def codes_to_vectors(self, codes: torch.Tensor) -> torch.Tensor:
+        """int64 (B, t, h, w) -> codebook vectors (B, E, t, h, w)."""
+        return rearrange(F.embedding(codes, self.codebook), "b t h w e -> b e t h w")
+
+    # -- codebook maintenance -----------------------------------------------------
+    @torch.no_grad()
+    def _init_codebook(self, flat):
+        self.codebook.copy_(_sample_rows(flat, self.n_codes))
+        if _ddp():
+            dist.broadcast(self.codebook, 0)
+        self.embed_sum.copy_(self.codebook)
+        self.cluster_size.fill_(1.0)
+        self.initialized.fill_(True)
+
+    @torch.no_grad()
+    def _ema_update(self, flat, idx, nearest_row):
+        counts = torch.bincount(idx, minlength=self.n_codes).float()
+        sums = torch.zeros_like(self.embed_sum).index_add_(0, idx, flat.float())
+        if self.low_utilization_cost > 0:
+            counts += self.low_utilization_cost
+            sums += self.low_utilization_cost * flat[nearest_row].float()
+        if _ddp():
+            dist.all_reduce(counts)
+            dist.all_reduce(sums)
+        d = self.ema_decay
+        self.cluster_size.mul_(d).add_(counts, alpha=1 - d)
+        self.embed_sum.mul_(d).add_(sums, alpha=1 - d)
+        n = self.cluster_size.sum()
+        smoothed = (self.cluster_size + self.eps) / (n + self.n_codes * self.eps) * n
+        self.codebook.copy_(self.embed_sum / smoothed[:, None])
+
+    @torch.no_grad()
+    def reinit_dead_codes(self, z_samples: torch.Tensor, usage_counts: torch.Tensor, noise: float = 0.01) -> int:
+        """Replace codes with usage_counts == 0 by random encoder outputs + noise * std noise.
+
+        z_samples: (N, E) or (B, E, t, h, w) encoder outputs; usage_counts: (K,) e.g. summed
+        `counts` over an epoch (all-reduce them first in DDP). Returns the number replaced.
+        """
+        if z_samples.dim() == 5:
+            z_samples = rearrange(z_samples, "b e t h w -> (b t h w) e")
+        dead = (usage_counts.to(self.codebook.device) == 0)
+        n = int(dead.sum())
+        if n:
+            new = _sample_rows(z_samples.to(self.codebook.device), n, noise)
+            if _ddp():
+                dist.broadcast(new, 0)
+            self.codebook[dead] = new
+            self.embed_sum[dead] = new
+            self.cluster_size[dead] = 1.0
+        return n
+
+    # -- forward ------------------------------------------------------------------
+    def forward(self, z: torch.Tensor) -> dict:
+        """z (B, E, t, h, w) -> dict(quantized (straight-through), codes, loss, perplexity, counts)."""
+        b, _, t, h, w = z.shape
+        flat = rearrange(z, "b e t h w -> (b t h w) e")
+        if self.training and not bool(self.initialized):
+            self._init_codebook(flat.detach().float())
+        update = self.training and self.ema_decay < 1
+        per_code = update and self.low_utilization_cost > 0
+        res = self.nearest(flat.detach(), per_code=per_code)
+        idx, nearest_row = res if per_code else (res, None)
+        q = self.codebook[idx]  # codebook rows, taken before the EMA step
+        if update:
+            self._ema_update(flat.detach(), idx, nearest_row)
+        loss = self.commitment_cost * F.mse_loss(flat.float(), q)
+        quantized = flat + (q.to(flat.dtype) - flat).detach()
+        counts = torch.bincount(idx, minlength=self.n_codes).float()
+        p = counts / counts.sum()
+        perplexity = torch.exp(-(p * torch.log(p.clamp_min(1e-10))).sum())
+        return dict(quantized=rearrange(quantized, "(b t h w) e -> b e t h w", b=b, t=t, h=h, w=w),
+                    codes=idx.view(b, t, h, w), loss=loss, perplexity=perplexity, counts=counts)
+
+
+# ---------------------------------------------------------------------------- encoder / decoder
+class Encoder(nn.Module):
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        ch, strides, c = cfg.channels, cfg.level_strides(), cfg.causal
+        self.conv_in = Conv3d(cfg.in_channels, ch[0], 3, causal=c)
+        blocks, prev = [], ch[0]
+        for i, width in enumerate(ch):
+            for _ in range(cfg.num_res_blocks):
+                blocks.append(ResBlock3d(prev, width, cfg.dropout, causal=c))
+                prev = width
+            if i < len(strides) and strides[i] != (1, 1, 1):
+                blocks.append(Downsample3d(prev, prev, strides[i], causal=c))
+        self.blocks = nn.Sequential(*blocks)
+        self.norm_out = Normalize(prev, per_frame=c)
+        out = cfg.embedding_dim * (2 if cfg.kl else 1)
+        self.conv_out = Conv3d(prev, out, 3, causal=c)
+
+    def forward(self, x):
+        return self.conv_out(F.silu(self.norm_out(self.blocks(self.conv_in(x)))))
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        ch, strides, c = cfg.channels, cfg.level_strides(), cfg.causal
+        prev = ch[-1]
+        self.conv_in = Conv3d(cfg.embedding_dim, prev, 3, causal=c)
+        blocks = []
+        for i in reversed(range(len(ch))):
+            for _ in range(cfg.num_res_blocks):
+                blocks.append(ResBlock3d(prev, ch[i], cfg.dropout, causal=c))
+                prev = ch[i]
+            if i > 0 and strides[i - 1] != (1, 1, 1):
+                blocks.append(Upsample3d(prev, ch[i - 1], strides[i - 1], causal=c))
+                prev = ch[i - 1]
+        self.blocks = nn.Sequential(*blocks)
+        self.norm_out = Normalize(prev, per_frame=c)
+        self.conv_out = Conv3d(prev, cfg.in_channels, 3, causal=c)
+
+    def forward(self, z):
+        return self.conv_out(F.silu(self.norm_out(self.blocks(self.conv_in(z)))))
+
+
+# ---------------------------------------------------------------------------- model
+class VideoVAE(nn.Module):
+    """Video autoencoder; `config.kl` adds a Gaussian posterior, `config.quantize` a VQ bottleneck
+    (both: the posterior sample is quantized and the KL keeps the latent scale bounded)."""
+
+    def __init__(self, config: VAEConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+        self.quantizer = (VectorQuantizer(config.n_codes, config.embedding_dim, config.commitment_cost,
+                                          config.ema_decay, config.low_utilization_cost)
+                          if config.quantize else None)
+
+    @property
+    def strides(self) -> tuple[int, int, int]:
+        c = self.config
+        return c.temporal_stride, c.spatial_stride, c.spatial_stride
+
+    def latent_shape(self, T: int, H: int, W: int) -> tuple[int, int, int, int]:
+        """(E, t, h, w) of the latent of a (T, H, W) clip; ValueError if not divisible by the strides."""
+        st, ss, _ = self.strides
+        if T % st or H % ss or W % ss:
+            raise ValueError(f"video size (T={T}, H={H}, W={W}) must be divisible by temporal stride {st} "
+                             f"and spatial stride {ss} (variant {self.config.variant})")
+        return self.config.embedding_dim, T // st, H // ss, W // ss
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def _posterior(self, x):
+        self.latent_shape(*x.shape[2:])
+        h = self.encoder(x)
+        if not self.config.kl:
+            return h, None, None
+        mean, logvar = h.chunk(2, dim=1)
+        return mean, mean, logvar.clamp(-30.0, 20.0)
+
+    def encode(self, x: torch.Tensor) -> dict:
+        """dict(z, [mean, logvar] for KL, [codes, quantized] for VQ). z is the mean for KL, pre-quant for VQ."""
+        z, mean, logvar = self._posterior(x)
+        out = dict(z=z)
+        if self.config.kl:
+            out.update(mean=mean, logvar=logvar)
+        if self.quantizer is not None:
+            codes = self.quantizer.vectors_to_codes(z)
+            out.update(codes=codes, quantized=self.quantizer.codes_to_vectors(codes))
+        return out
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Continuous latent (B, E, t, h, w) -> video. VQ models: pass quantized vectors."""
+        return self.decoder(z)
+
+    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, t, h, w) -> video."""
+        return self.decoder(self.quantizer.codes_to_vectors(codes))
+
+    def forward(self, x: torch.Tensor, sample_posterior: bool = True) -> dict:
+        """dict(recon, loss, recon_loss, kl_loss, vq_loss, perplexity, counts, z[, codes]).
+
+        loss = recon_loss + vq_loss + kl_weight * kl_loss. counts (K,) float per-batch code
+        usage for VQ models, else None; perplexity is 0 for non-VQ models.
+        """
+        z, mean, logvar = self._posterior(x)
+        zero = x.new_zeros(())
+        kl_loss = vq_loss = perplexity = zero
+        out = dict(counts=None)
+        if self.config.kl:
+            if sample_posterior:
+                z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+            kl_loss = 0.5 * (mean.float() ** 2 + logvar.float().exp() - 1.0 - logvar.float()).mean()
+        out["z"] = z
+        if self.quantizer is not None:
+            vq = self.quantizer(z)
+            z, vq_loss, perplexity = vq["quantized"], vq["loss"], vq["perplexity"]
+            out.update(codes=vq["codes"], counts=vq["counts"])
+        recon = self.decoder(z)
+        recon_loss = F.mse_loss(recon.float(), x.float())
+        loss = recon_loss + vq_loss + self.config.kl_weight * kl_loss
+        out.update(recon=recon, loss=loss, recon_loss=recon_loss, kl_loss=kl_loss, vq_loss=vq_loss,
+                   perplexity=perplexity)
+        return out

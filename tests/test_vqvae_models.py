@@ -1,0 +1,213 @@
+"""Tiny CPU tests for models/vqvae.py and models/layers.py."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from models.layers import Downsample3d, ResBlock3d, Upsample3d, modulate, timestep_embedding  # noqa: E402
+from models.vqvae import PRESETS, VAEConfig, VectorQuantizer, VideoVAE, make_config  # noqa: E402
+
+
+def tiny(variant, **kw):
+    n = len(PRESETS[variant]["channels"])
+    return make_config(variant, **{"channels": (8,) * n, "n_codes": 64, **kw})
+
+
+def clip(b=1, t=4, h=16, w=16, seed=0):
+    """A bright square moving over a dark background, in [-1, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    x = -torch.ones(b, 3, t, h, w)
+    for i in range(b):
+        y0, x0 = torch.randint(0, h // 2, (2,), generator=g).tolist()
+        for f in range(t):
+            x[i, :, f, y0:y0 + h // 4, x0 + f:x0 + f + w // 4] = torch.rand(3, 1, 1, generator=g) * 2 - 1
+    return x
+
+
+# ---------------------------------------------------------------- layers
+def test_layers_shapes():
+    x = torch.randn(2, 8, 4, 8, 8)
+    assert ResBlock3d(8, 16)(x).shape == (2, 16, 4, 8, 8)
+    assert Downsample3d(8, 8, (2, 2, 2))(x).shape == (2, 8, 2, 4, 4)
+    assert Downsample3d(8, 8, (1, 2, 2), causal=True)(x).shape == (2, 8, 4, 4, 4)
+    assert Upsample3d(8, 4, (2, 2, 2))(x).shape == (2, 4, 8, 16, 16)
+    e = timestep_embedding(torch.tensor([0.0, 5.0]), 9)
+    assert e.shape == (2, 9) and torch.allclose(e[0, :4], torch.ones(4)) and e[:, -1].eq(0).all()
+    h = torch.randn(2, 5, 6)
+    assert torch.allclose(modulate(h, torch.zeros(2, 6), torch.zeros(2, 6)), h)
+
+
+# ---------------------------------------------------------------- presets / config
+@pytest.mark.parametrize("variant", list(PRESETS))
+def test_preset_latent_shape(variant):
+    cfg = tiny(variant)
+    m = VideoVAE(cfg).eval()
+    T, H = max(8, cfg.temporal_stride), max(32, cfg.spatial_stride)
+    x = torch.rand(1, 3, T, H, H) * 2 - 1
+    with torch.no_grad():
+        enc = m.encode(x)
+        out = m(x)
+    shape = (1, cfg.embedding_dim, T // cfg.temporal_stride, H // cfg.spatial_stride, H // cfg.spatial_stride)
+    assert enc["z"].shape == shape and m.latent_shape(T, H, H) == shape[1:]
+    assert out["recon"].shape == x.shape and torch.isfinite(out["loss"])
+    assert ("codes" in enc) == cfg.quantize and ("logvar" in enc) == cfg.kl
+    if cfg.quantize:
+        assert enc["codes"].shape == (1,) + shape[2:] and out["counts"].sum() == enc["codes"].numel()
+
+
+def test_preset_flags_and_errors():
+    assert make_config("s8_b").quantize and make_config("s8_b").spatial_stride == 4
+    assert make_config("s8_b").temporal_stride == 4
+    assert make_config("vae_s4t4_b_vq").kl and make_config("vae_s4t4_b_vq").quantize
+    assert make_config("s16t16_a").temporal_stride == 16
+    with pytest.raises(ValueError, match="s4t4_b"):
+        make_config("nope")
+    with pytest.raises(ValueError):
+        VAEConfig(spatial_stride=3)
+    with pytest.raises(ValueError):
+        VAEConfig(spatial_stride=8, channels=(8, 8))
+    m = VideoVAE(tiny("s4t4"))
+    with pytest.raises(ValueError, match="temporal stride 4"):
+        m.encode(torch.zeros(1, 3, 6, 16, 16))
+
+
+def test_config_json_round_trip():
+    cfg = make_config("vae_s4t4_b_vq", n_codes=5120, channels=[16, 32, 64])
+    d = json.loads(json.dumps(cfg.to_dict()))
+    assert d["channels"] == [16, 32, 64]
+    assert VAEConfig.from_dict(d) == cfg and isinstance(VAEConfig.from_dict(d).channels, tuple)
+
+
+# ---------------------------------------------------------------- vector quantizer
+def test_vq_codes_grads_round_trip():
+    torch.manual_seed(0)
+    m = VideoVAE(tiny("s4t4_b_vq", n_codes=16)).train()
+    x = clip(2, 4, 16, 16)
+    out = m(x)
+    codes, K = out["codes"], m.config.n_codes
+    assert codes.dtype == torch.int64 and codes.min() >= 0 and codes.max() < K
+    vq = m.quantizer.eval()(out["z"].detach())  # eval: no EMA step between lookup and comparison
+    assert torch.allclose(vq["quantized"], m.quantizer.codes_to_vectors(vq["codes"]), atol=1e-6)
+    rows = vq["quantized"].permute(0, 2, 3, 4, 1).reshape(-1, 4)
+    err = (rows[:, None] - m.quantizer.codebook[None]).abs().amax(-1).min(1).values
+    assert err.max() < 1e-6  # every quantized vector is a codebook row
+    out["loss"].backward()
+    g = m.encoder.conv_in.weight.grad
+    assert g is not None and g.abs().sum() > 0  # straight-through reaches the encoder
+    q = m.quantizer
+    assert torch.equal(q.vectors_to_codes(q.codes_to_vectors(codes)), codes)
+    assert 1 <= out["perplexity"] <= K
+
+
+def test_vq_nearest_matches_cdist_and_chunks():
+    q = VectorQuantizer(37, 5, chunk_elems=37 * 7)  # 7 rows per chunk
+    z = torch.randn(100, 5)
+    idx, per_code = q.nearest(z, per_code=True)
+    d = torch.cdist(z, q.codebook)
+    assert torch.equal(idx, d.argmin(1)) and torch.equal(per_code, d.argmin(0))
+
+
+def test_ema_moves_codes_toward_data():
+    torch.manual_seed(0)
+    centers = torch.tensor([[3.0, 0.0], [-3.0, 0.0], [0.0, 3.0], [0.0, -3.0]])
+    q = VectorQuantizer(4, 2, ema_decay=0.8).train()
+    q.initialized.fill_(True)  # skip data init: start from a known, wrong codebook
+    q.codebook.copy_(centers * 0.2)
+    q.embed_sum.copy_(q.codebook)
+    data = (centers.repeat(64, 1) + 0.1 * torch.randn(256, 2))
+    z = data.T.reshape(1, 2, 1, 16, 16)
+    before = torch.cdist(q.codebook, centers).diagonal().clone()
+    for _ in range(20):
+        q(z)
+    after = torch.cdist(q.codebook, centers).diagonal()
+    assert (after < 0.5 * before).all() and (after < 0.3).all()
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.5])
+def test_data_init_and_low_utilization_pull(lam):
+    torch.manual_seed(0)
+    q = VectorQuantizer(8, 2, low_utilization_cost=lam, ema_decay=0.9).train()
+    z = torch.randn(1, 2, 1, 8, 8) + 5.0
+    q(z)
+    assert bool(q.initialized) and (q.codebook.mean(0) - 5.0).abs().max() < 1.0  # codes come from data
+    dead = torch.tensor([-50.0, -50.0])  # move code 0 far from the data: it will never be chosen
+    q.codebook[0], q.embed_sum[0], q.cluster_size[0] = dead, dead, 1.0
+    for _ in range(30):
+        q(z)
+    dist = (q.codebook[0] - z.mean((0, 2, 3, 4))).norm()
+    if lam:
+        assert dist < 1.0  # the low-utilisation term pulled the dead code to the data
+    else:
+        assert dist > 10.0  # plain EMA leaves it dead
+
+
+def test_reinit_dead_codes():
+    torch.manual_seed(0)
+    q = VectorQuantizer(10, 3)
+    q.codebook.copy_(torch.randn(10, 3))
+    old = q.codebook.clone()
+    usage = torch.tensor([5, 0, 3, 0, 0, 1, 0, 2, 0, 0.0])
+    z = torch.randn(4, 3).repeat(5, 1)  # only 4 distinct vectors for 6 dead codes
+    n = q.reinit_dead_codes(z, usage)
+    dead = usage == 0
+    assert n == 6 and torch.equal(q.codebook[~dead], old[~dead]) and (q.codebook[dead] != old[dead]).all()
+    d = torch.cdist(q.codebook, q.codebook) + torch.eye(10) * 1e9
+    assert d.min() > 1e-6  # all codes distinct (no argmin ties)
+    assert torch.cdist(q.codebook[dead], z).min(1).values.max() < 0.2  # close to encoder outputs
+
+
+# ---------------------------------------------------------------- whole models
+@pytest.mark.parametrize("variant", ["s4t4_b_vq", "vae_s4t4_b"])
+def test_overfit_one_clip(variant):
+    torch.manual_seed(0)
+    m = VideoVAE(make_config(variant, channels=(8, 16, 16), n_codes=32, embedding_dim=4)).train()
+    x = clip(1, 4, 16, 16)
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(60):
+        out = m(x)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(out["loss"].item())
+    print(variant, losses[0], losses[-1])
+    assert losses[-1] < 0.5 * losses[0], losses[::10]
+
+
+def test_kl_encode_and_loss():
+    torch.manual_seed(0)
+    m = VideoVAE(tiny("vae_s4t4_b")).eval()
+    x = clip(1, 4, 16, 16)
+    enc = m.encode(x)
+    assert torch.equal(enc["z"], enc["mean"]) and enc["logvar"].shape == enc["mean"].shape
+    out = m(x)
+    assert out["kl_loss"] > 0 and out["vq_loss"] == 0 and out["counts"] is None
+    assert torch.allclose(m(x, sample_posterior=False)["recon"], m.decode(enc["z"]))
+
+
+def test_decode_codes_matches_forward_in_eval():
+    torch.manual_seed(0)
+    m = VideoVAE(tiny("s4t4_b_vq")).train()
+    x = clip(1, 4, 16, 16)
+    m(x)  # data-dependent init
+    m.eval()
+    out, enc = m(x), m.encode(x)
+    assert torch.equal(out["codes"], enc["codes"])
+    assert torch.allclose(out["recon"], m.decode_codes(enc["codes"]), atol=1e-5)
+    assert torch.allclose(m.decode(enc["quantized"]), out["recon"], atol=1e-5)
+
+
+def test_causal_model_ignores_future_frames():
+    torch.manual_seed(0)
+    m = VideoVAE(tiny("causal_s8t4")).eval()
+    x = torch.rand(1, 3, 8, 16, 16) * 2 - 1
+    x2 = x.clone()
+    x2[:, :, 4:] = torch.rand_like(x2[:, :, 4:])  # change frames of the 2nd latent step only
+    with torch.no_grad():
+        z, z2 = m.encode(x)["z"], m.encode(x2)["z"]
+        assert torch.allclose(z[:, :, 0], z2[:, :, 0], atol=1e-6) and not torch.allclose(z[:, :, 1], z2[:, :, 1])
+        r, r2 = m.decode(z), m.decode(z2)
+        assert torch.allclose(r[:, :, :4], r2[:, :, :4], atol=1e-6)
