@@ -91,15 +91,16 @@ def read_video(
     """
     path = _check_file(path)
     backend = backend or default_backend()
+    if backend not in ("decord", "pyav"):
+        raise ValueError(f"unknown video backend {backend!r}; choose from {available_backends()}")
     try:
-        if backend == "decord":
-            frames = _read_decord(path, start, num_frames, stride)
-        elif backend == "pyav":
+        try:
+            frames = (_read_decord if backend == "decord" else _read_pyav)(path, start, num_frames, stride)
+        except Exception:
+            if backend != "decord":
+                raise
+            # decord rejects some valid files (e.g. widths that are not a multiple of 32): PyAV reads them
             frames = _read_pyav(path, start, num_frames, stride)
-        else:
-            raise ValueError(f"unknown video backend {backend!r}; choose from {available_backends()}")
-    except (VideoReadError, ValueError):
-        raise
     except Exception as e:
         raise VideoReadError(f"cannot decode video {path}: {type(e).__name__}: {e}") from e
     if num_frames is not None and len(frames) < num_frames:
