@@ -33,21 +33,29 @@ def split_dir(dataset: str, split: str, data_dir: str | os.PathLike = "data") ->
     return root / split
 
 
-def frames_to_tensor(frames: np.ndarray, resolution: int | None = None) -> torch.Tensor:
-    """uint8 (T, H, W, 3) -> float (3, T, R, R) in [-1, 1]; resize shorter side to R + centre crop."""
-    x = torch.from_numpy(frames).permute(3, 0, 1, 2).float()  # C, T, H, W
-    if resolution is not None:
+def frames_to_tensor(frames: np.ndarray, resolution: int | None = None, as_uint8: bool = False) -> torch.Tensor:
+    """uint8 (T, H, W, 3) -> (3, T, R, R): float in [-1, 1], or uint8 0..255 with as_uint8 (then
+    normalise on the training device with `to_model_range`). Resizes the shorter side to R
+    (bilinear, antialiased when shrinking) and centre-crops."""
+    x = torch.from_numpy(frames).permute(3, 0, 1, 2)  # C, T, H, W (a view)
+    if resolution is not None and x.shape[-2:] != (resolution, resolution):
         h, w = x.shape[-2:]
-        if min(h, w) != resolution:
-            s = resolution / min(h, w)
-            size = (max(resolution, round(h * s)), max(resolution, round(w * s)))
-            x = F.interpolate(x.transpose(0, 1), size=size, mode="bilinear", align_corners=False,
-                              antialias=s < 1).transpose(0, 1)
-            h, w = size
-        if (h, w) != (resolution, resolution):
-            top, left = (h - resolution) // 2, (w - resolution) // 2
-            x = x[..., top:top + resolution, left:left + resolution]
-    return x.div_(127.5).sub_(1.0).clamp_(-1.0, 1.0)
+        s = resolution / min(h, w)
+        size = (max(resolution, round(h * s)), max(resolution, round(w * s)))
+        if size != (h, w):
+            x = F.interpolate(x.float().transpose(0, 1), size=size, mode="bilinear", align_corners=False,
+                              antialias=s < 1).transpose(0, 1).round_().clamp_(0, 255)
+        top, left = (size[0] - resolution) // 2, (size[1] - resolution) // 2
+        x = x[..., top:top + resolution, left:left + resolution]
+    if as_uint8:
+        return x.to(torch.uint8)  # may be a strided view: collate copies it once into the batch
+    return to_model_range(x)
+
+
+def to_model_range(x: torch.Tensor) -> torch.Tensor:
+    """uint8 (or float 0..255) video -> float32 in [-1, 1]. Cheap on a GPU: training scripts load
+    uint8 clips (4x less to move) and call this on the device."""
+    return x.float().div_(127.5).sub_(1.0)
 
 
 class VideoDataset(Dataset):
@@ -58,6 +66,9 @@ class VideoDataset(Dataset):
     the last one included). return_metadata=True adds `labels` (10-dim multi-hot of digits present)
     and `num_digits` from the split's metadata.jsonl.
 
+    as_uint8=True returns uint8 0..255 clips instead (normalise on the device with `to_model_range`):
+    a float32 clip is 4x bigger, and producing it costs more than decoding it.
+
     Bad videos (corrupt, empty, too short): on_error="skip" warns with the file name, counts it in
     `skipped`, and returns the next good video instead; on_error="raise" stops with VideoReadError.
     """
@@ -65,7 +76,8 @@ class VideoDataset(Dataset):
     def __init__(self, dataset: str = "flying_mnist", split: str = "train", resolution: int | None = 64,
                  sequence_length: int = 16, frame_stride: int = 1, num_clips_per_video: int = 1,
                  random_clip: bool = False, return_metadata: bool = False, on_error: str = "skip",
-                 data_dir: str | os.PathLike = "data", max_videos: int | None = None, backend: str | None = None):
+                 data_dir: str | os.PathLike = "data", max_videos: int | None = None, backend: str | None = None,
+                 as_uint8: bool = False):
         if on_error not in ("skip", "raise"):
             raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
         self.dir = split_dir(dataset, split, data_dir)
@@ -77,6 +89,7 @@ class VideoDataset(Dataset):
         self.resolution, self.sequence_length, self.frame_stride = resolution, sequence_length, frame_stride
         self.num_clips_per_video, self.random_clip = num_clips_per_video, random_clip
         self.return_metadata, self.on_error, self.backend = return_metadata, on_error, backend
+        self.as_uint8 = as_uint8
         self.skipped: set[str] = set()
         self._num_frames: dict[int, int] = {}
         info = self.dir.parent / "info.json"  # written by generate_flying_mnist.py: every video has the same length
@@ -112,6 +125,8 @@ class VideoDataset(Dataset):
         return self._num_frames[vi]
 
     def clip_start(self, vi: int, clip: int) -> int:
+        if not self.random_clip and self.num_clips_per_video == 1:
+            return 0  # no need to know the length (read_video reports a too-short video)
         room = self.num_frames(vi) - self.span
         if room < 0:
             raise VideoReadError(f"video {self.files[vi]} is too short: {self.num_frames(vi)} frames, "
@@ -124,7 +139,7 @@ class VideoDataset(Dataset):
     def load(self, vi: int, clip: int = 0) -> dict:
         start = self.clip_start(vi, clip)
         frames = read_video(self.files[vi], start, self.sequence_length, self.frame_stride, backend=self.backend)
-        item = {"video": frames_to_tensor(frames, self.resolution), "index": vi, "start": start}
+        item = {"video": frames_to_tensor(frames, self.resolution, self.as_uint8), "index": vi, "start": start}
         if self.labels is not None:
             multi_hot = torch.zeros(10)
             multi_hot[list(self.labels[vi])] = 1.0

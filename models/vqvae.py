@@ -225,7 +225,8 @@ class VectorQuantizer(nn.Module):
         """Replace codes with usage_counts == 0 by random encoder outputs + noise * std noise.
 
         z_samples: (N, E) or (B, E, t, h, w) encoder outputs; usage_counts: (K,) e.g. summed
-        `counts` over an epoch (all-reduce them first in DDP). Returns the number replaced.
+        `counts` over an epoch. In DDP all-reduce the counts first and call this on every rank
+        (rank 0's replacements are broadcast). Returns the number of codes replaced.
         """
         if z_samples.dim() == 5:
             z_samples = rearrange(z_samples, "b e t h w -> (b t h w) e")

@@ -135,11 +135,11 @@ def test_data_init_and_low_utilization_pull(lam):
     assert bool(q.initialized) and (q.codebook.mean(0) - 5.0).abs().max() < 1.0  # codes come from data
     dead = torch.tensor([-50.0, -50.0])  # move code 0 far from the data: it will never be chosen
     q.codebook[0], q.embed_sum[0], q.cluster_size[0] = dead, dead, 1.0
-    for _ in range(30):
+    for _ in range(80):
         q(z)
-    dist = (q.codebook[0] - z.mean((0, 2, 3, 4))).norm()
+    dist = (z.flatten(2)[0].T - q.codebook[0]).norm(dim=1).min()  # to the nearest encoder output
     if lam:
-        assert dist < 1.0  # the low-utilisation term pulled the dead code to the data
+        assert dist < 1.0  # pulled to the data (where it may now win a few points of its own)
     else:
         assert dist > 10.0  # plain EMA leaves it dead
 
@@ -173,7 +173,6 @@ def test_overfit_one_clip(variant):
         out["loss"].backward()
         opt.step()
         losses.append(out["loss"].item())
-    print(variant, losses[0], losses[-1])
     assert losses[-1] < 0.5 * losses[0], losses[::10]
 
 
