@@ -87,28 +87,32 @@ class ResBlock3d(nn.Module):
 
 
 class Downsample3d(nn.Module):
-    """Strided 3x3x3 conv; stride (t, h, w) with entries 1 or 2. Even sizes halve exactly."""
-
-    def __init__(self, cin: int, cout: int | None = None, stride=(2, 2, 2), causal: bool = False):
-        super().__init__()
-        self.conv = Conv3d(cin, cout or cin, 3, stride, causal=causal)
-
-    def forward(self, x):
-        return self.conv(x)
-
-
-class Upsample3d(nn.Module):
-    """Nearest-neighbour upsampling by `stride` (t, h, w) followed by a 3x3x3 conv (no checkerboards)."""
+    """Space-to-depth by `stride` (t, h, w) (entries 1 or 2), then a 1x1x1 conv: patch merging.
+    Exact (no padding), causal by construction, and ~27x cheaper than a strided 3x3x3 conv;
+    the surrounding 3x3x3 convs provide the spatial mixing."""
 
     def __init__(self, cin: int, cout: int | None = None, stride=(2, 2, 2), causal: bool = False):
         super().__init__()
         self.stride = _triple(stride)
-        self.conv = Conv3d(cin, cout or cin, 3, causal=causal)
+        self.conv = nn.Conv3d(cin * math.prod(self.stride), cout or cin, 1)
 
     def forward(self, x):
-        if self.stride != (1, 1, 1):
-            x = F.interpolate(x, scale_factor=self.stride, mode="nearest")
-        return self.conv(x)
+        t, h, w = self.stride
+        return self.conv(rearrange(x, "b c (t t2) (h h2) (w w2) -> b (c t2 h2 w2) t h w", t2=t, h2=h, w2=w))
+
+
+class Upsample3d(nn.Module):
+    """1x1x1 conv to cout * prod(stride) channels, then depth-to-space by `stride` (sub-pixel upsampling):
+    the mirror of Downsample3d, no checkerboard (every output voxel has its own weights)."""
+
+    def __init__(self, cin: int, cout: int | None = None, stride=(2, 2, 2), causal: bool = False):
+        super().__init__()
+        self.stride = _triple(stride)
+        self.conv = nn.Conv3d(cin, (cout or cin) * math.prod(self.stride), 1)
+
+    def forward(self, x):
+        t, h, w = self.stride
+        return rearrange(self.conv(x), "b (c t2 h2 w2) t h w -> b c (t t2) (h h2) (w w2)", t2=t, h2=h, w2=w)
 
 
 def modulate(x, shift, scale):

@@ -31,6 +31,7 @@ class VAEConfig:
     kl: bool = False
     channels: tuple[int, ...] = (32, 64, 128)  # encoder width per level; len-1 >= log2(max stride)
     num_res_blocks: int = 1
+    res_blocks: tuple[int, ...] | None = None  # per-level override of num_res_blocks
     causal: bool = False              # causal in time (past-only padding, per-frame norms)
     dropout: float = 0.0
     kl_weight: float = 1e-3           # weight of kl_loss (mean per latent element) in the total loss
@@ -41,6 +42,10 @@ class VAEConfig:
 
     def __post_init__(self):
         self.channels = tuple(int(c) for c in self.channels)
+        if self.res_blocks is not None:
+            self.res_blocks = tuple(int(n) for n in self.res_blocks)
+            if len(self.res_blocks) != len(self.channels):
+                raise ValueError(f"res_blocks={self.res_blocks} needs one entry per level of channels={self.channels}")
         for name in ("spatial_stride", "temporal_stride"):
             s = getattr(self, name)
             if s < 1 or s & (s - 1):
@@ -49,6 +54,9 @@ class VAEConfig:
         if len(self.channels) < need + 1:
             raise ValueError(f"strides s{self.spatial_stride} t{self.temporal_stride} need >= {need + 1} "
                              f"levels but channels={self.channels}")
+
+    def blocks_at(self, level: int) -> int:
+        return self.res_blocks[level] if self.res_blocks is not None else self.num_res_blocks
 
     def level_strides(self) -> list[tuple[int, int, int]]:
         """(t, h, w) downsampling stride applied at the end of each level but the last."""
@@ -73,43 +81,54 @@ class VAEConfig:
         return cls(**d)
 
 
-def _p(ss, ts, channels, quantize=False, kl=False, num_res_blocks=1, **kw):
+def _p(ss, ts, channels, quantize=False, kl=False, num_res_blocks=1, res_blocks=None, **kw):
     return dict(spatial_stride=ss, temporal_stride=ts, channels=channels, quantize=quantize, kl=kl,
-                num_res_blocks=num_res_blocks, **kw)
+                num_res_blocks=num_res_blocks, res_blocks=res_blocks, **kw)
 
 
 # Upstream names keep their strides and quantize/KL flags. Widths: plain ~16-64, "_a"/"_b" ~32-128
 # (32 at full resolution, where 3D convs cost most), "_l" are larger GPU models.
 # "_tanh" upstream meant a tanh output; our decoder outputs linearly (MSE vs [-1, 1] targets).
+# Upstream-width presets ("_a", "_b", "s8_b") keep upstream's cost: ~16 channels at half resolution
+# (stem/head only) and 32-48 at the latent resolution, with patch-merging resampling -- an s4t4 step on
+# 2x32x256² takes ~0.46x upstream's time on a 2-core CPU. "_m" are mid-size (CPU-small quality runs),
+# "_l" larger GPU models. "_tanh" upstream meant a tanh output; our decoders output linearly.
+_UP_A = dict(channels=(16, 32, 32), res_blocks=(0, 1, 0))
+_UP_B = dict(channels=(16, 48, 48), res_blocks=(0, 1, 0))
+_MID = dict(channels=(32, 96, 128), res_blocks=(0, 2, 1))
 PRESETS: dict[str, dict] = {
     "encode111111_decode111111": _p(1, 1, (32,)),
     "encode133111_decode111111": _p(1, 1, (32,)),
-    "encode133122_decode144122": _p(2, 1, (32, 64)),
-    "encode133122_decode144122_tanh": _p(2, 1, (32, 64)),
-    "encode133122_decode144122_tanh_vq": _p(2, 1, (32, 64), quantize=True),
-    "encode333222_decode444222_tanh": _p(2, 2, (32, 64)),
-    "encode_decode_spatial4x": _p(4, 1, (16, 32, 64)),
-    "encode_decode_spatial4x_a": _p(4, 1, (32, 64, 64)),
-    "vae_spatial4x_a": _p(4, 1, (32, 64, 64), kl=True),
-    "encode_decode_spatial4x_a_vq": _p(4, 1, (32, 64, 64), quantize=True),
-    "vae_spatial4x_a_vq": _p(4, 1, (32, 64, 64), quantize=True, kl=True),
-    "s4t4": _p(4, 4, (16, 32, 64)),
-    "s4t4_a": _p(4, 4, (32, 64, 64)),
-    "s4t4_b": _p(4, 4, (32, 64, 128)),
-    "s4t4_c": _p(4, 4, (32, 64, 128), num_res_blocks=2),
-    "s4t4_b_vq": _p(4, 4, (32, 64, 128), quantize=True),
-    "vae_s4t4_b": _p(4, 4, (32, 64, 128), kl=True),
-    "vae_s4t4_b_vq": _p(4, 4, (32, 64, 128), quantize=True, kl=True),
-    "encode_decode_spatial8x_a": _p(8, 1, (32, 64, 64, 64)),
+    "encode133122_decode144122": _p(2, 1, (16, 32), res_blocks=(0, 1)),
+    "encode133122_decode144122_tanh": _p(2, 1, (16, 32), res_blocks=(0, 1)),
+    "encode133122_decode144122_tanh_vq": _p(2, 1, (16, 32), res_blocks=(0, 1), quantize=True),
+    "encode333222_decode444222_tanh": _p(2, 2, (16, 32), res_blocks=(0, 1)),
+    "encode_decode_spatial4x": _p(4, 1, **_UP_A),
+    "encode_decode_spatial4x_a": _p(4, 1, **_UP_A),
+    "vae_spatial4x_a": _p(4, 1, **_UP_A, kl=True),
+    "encode_decode_spatial4x_a_vq": _p(4, 1, **_UP_A, quantize=True),
+    "vae_spatial4x_a_vq": _p(4, 1, **_UP_A, quantize=True, kl=True),
+    "s4t4": _p(4, 4, **_UP_A),
+    "s4t4_a": _p(4, 4, **_UP_A),
+    "s4t4_b": _p(4, 4, **_UP_B),
+    "s4t4_c": _p(4, 4, (16, 48, 48), res_blocks=(0, 2, 0)),
+    "s4t4_b_vq": _p(4, 4, **_UP_B, quantize=True),
+    "vae_s4t4_b": _p(4, 4, **_UP_B, kl=True),
+    "vae_s4t4_b_vq": _p(4, 4, **_UP_B, quantize=True, kl=True),
+    "encode_decode_spatial8x_a": _p(8, 1, (16, 32, 48, 48), res_blocks=(0, 1, 1, 0)),
     # Upstream called s8_b a VQ-VAE but never quantized; here it does (s4 t4, tokens for the GPT).
-    "s8_b": _p(4, 4, (32, 64, 128), quantize=True),
-    "s8t8_a": _p(8, 8, (32, 64, 64, 64)),
-    "s8t8_b": _p(8, 8, (32, 64, 128, 128)),
-    "vae_s8t8_b": _p(8, 8, (32, 64, 128, 128), kl=True),
-    "s8t8_b_vq": _p(8, 8, (32, 64, 128, 128), quantize=True),
-    "encode_decode_spatial16x_a": _p(16, 1, (32, 64, 64, 64, 64)),
-    "s16t16_a": _p(16, 16, (32, 64, 64, 64, 64)),
+    "s8_b": _p(4, 4, **_UP_B, quantize=True),
+    "s8t8_a": _p(8, 8, (16, 32, 48, 48), res_blocks=(0, 1, 1, 0)),
+    "s8t8_b": _p(8, 8, (16, 48, 96, 96), res_blocks=(0, 1, 1, 0)),
+    "vae_s8t8_b": _p(8, 8, (16, 48, 96, 96), res_blocks=(0, 1, 1, 0), kl=True),
+    "s8t8_b_vq": _p(8, 8, (16, 48, 96, 96), res_blocks=(0, 1, 1, 0), quantize=True),
+    "encode_decode_spatial16x_a": _p(16, 1, (16, 32, 64, 64, 64), res_blocks=(0, 1, 1, 1, 0)),
+    "s16t16_a": _p(16, 16, (16, 32, 64, 64, 64), res_blocks=(0, 1, 1, 1, 0)),
     "causal_s8t4": _p(8, 4, (32, 64, 128, 128), quantize=True, causal=True),
+    # mid-size (CPU-small quality runs)
+    "s4t4_m": _p(4, 4, **_MID),
+    "s4t4_m_vq": _p(4, 4, **_MID, quantize=True),
+    "vae_s4t4_m": _p(4, 4, **_MID, kl=True),
     # larger GPU presets
     "s4t4_l": _p(4, 4, (64, 128, 256), num_res_blocks=2),
     "s4t4_l_vq": _p(4, 4, (64, 128, 256), quantize=True, num_res_blocks=2),
@@ -265,47 +284,66 @@ class VectorQuantizer(nn.Module):
 
 
 # ---------------------------------------------------------------------------- encoder / decoder
+def _nontrivial(strides):
+    return [st for st in strides if st != (1, 1, 1)]
+
+
 class Encoder(nn.Module):
+    """Pixels -> latent. The first stride is taken by a space-to-depth stem (pixel blocks folded into
+    channels, then a conv at reduced resolution), so no 3D conv runs at full resolution: at
+    32x256² those dominate the cost of a video VAE."""
+
     def __init__(self, cfg: VAEConfig):
         super().__init__()
-        ch, strides, c = cfg.channels, cfg.level_strides(), cfg.causal
-        self.conv_in = Conv3d(cfg.in_channels, ch[0], 3, causal=c)
+        ch, c = cfg.channels, cfg.causal
+        strides = _nontrivial(cfg.level_strides())
+        self.stem = strides[0] if strides else (1, 1, 1)
+        self.conv_in = Conv3d(cfg.in_channels * math.prod(self.stem), ch[0], 3, causal=c)
         blocks, prev = [], ch[0]
         for i, width in enumerate(ch):
-            for _ in range(cfg.num_res_blocks):
+            for _ in range(cfg.blocks_at(i)):
                 blocks.append(ResBlock3d(prev, width, cfg.dropout, causal=c))
                 prev = width
-            if i < len(strides) and strides[i] != (1, 1, 1):
-                blocks.append(Downsample3d(prev, prev, strides[i], causal=c))
+            if i + 1 < len(strides):
+                blocks.append(Downsample3d(prev, prev, strides[i + 1], causal=c))
         self.blocks = nn.Sequential(*blocks)
         self.norm_out = Normalize(prev, per_frame=c)
         out = cfg.embedding_dim * (2 if cfg.kl else 1)
         self.conv_out = Conv3d(prev, out, 3, causal=c)
 
     def forward(self, x):
+        t, h, w = self.stem
+        x = rearrange(x, "b c (t t2) (h h2) (w w2) -> b (c t2 h2 w2) t h w", t2=t, h2=h, w2=w)
         return self.conv_out(F.silu(self.norm_out(self.blocks(self.conv_in(x)))))
 
 
 class Decoder(nn.Module):
+    """Latent -> pixels, mirroring the encoder; the last stride is a sub-pixel (depth-to-space) head."""
+
     def __init__(self, cfg: VAEConfig):
         super().__init__()
-        ch, strides, c = cfg.channels, cfg.level_strides(), cfg.causal
+        ch, c = cfg.channels, cfg.causal
+        strides = _nontrivial(cfg.level_strides())
+        self.head = strides[0] if strides else (1, 1, 1)
         prev = ch[-1]
         self.conv_in = Conv3d(cfg.embedding_dim, prev, 3, causal=c)
         blocks = []
         for i in reversed(range(len(ch))):
-            for _ in range(cfg.num_res_blocks):
+            for _ in range(cfg.blocks_at(i)):
                 blocks.append(ResBlock3d(prev, ch[i], cfg.dropout, causal=c))
                 prev = ch[i]
-            if i > 0 and strides[i - 1] != (1, 1, 1):
-                blocks.append(Upsample3d(prev, ch[i - 1], strides[i - 1], causal=c))
+            if 0 < i < len(strides):
+                blocks.append(Upsample3d(prev, ch[i - 1], strides[i], causal=c))
                 prev = ch[i - 1]
         self.blocks = nn.Sequential(*blocks)
         self.norm_out = Normalize(prev, per_frame=c)
-        self.conv_out = Conv3d(prev, cfg.in_channels, 3, causal=c)
+        self.out_channels = cfg.in_channels
+        self.conv_out = Conv3d(prev, cfg.in_channels * math.prod(self.head), 3, causal=c)
 
     def forward(self, z):
-        return self.conv_out(F.silu(self.norm_out(self.blocks(self.conv_in(z)))))
+        t, h, w = self.head
+        x = self.conv_out(F.silu(self.norm_out(self.blocks(self.conv_in(z)))))
+        return rearrange(x, "b (c t2 h2 w2) t h w -> b c (t t2) (h h2) (w w2)", t2=t, h2=h, w2=w)
 
 
 # ---------------------------------------------------------------------------- model
