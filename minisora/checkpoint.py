@@ -1,0 +1,69 @@
+"""Checkpoints: plain dicts of tensors and JSON-like values, loadable with torch.load(weights_only=True),
+written atomically (temp file + rename).
+
+Every checkpoint carries a `minisora` entry: {"format_version", "kind" (vae / latte / stdit / gpt /
+mamba), "config" (the model's dataclass as a dict), plus what later stages need}. Training checkpoints
+are Lightning's (state_dict with the module's prefix, optimizer, loops) with that entry added, so one
+file both resumes training and loads the model.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+FORMAT_VERSION = 1
+
+
+def atomic_save(obj, path: str | os.PathLike) -> str:
+    path = os.fspath(path)
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_", suffix=".pt")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint IO that never leaves a half-written file behind (a killed job keeps the last good one)."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        atomic_save(checkpoint, path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """torch.load(weights_only=True) on CPU; clear errors for missing or non-MiniSora files."""
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(path.rglob("*.ckpt")) + sorted(path.rglob("*.pt"))
+        last = [p for p in found if p.name in ("last.ckpt", "model.ckpt")]
+        if not found:
+            raise FileNotFoundError(f"no .ckpt/.pt checkpoint in directory {path}")
+        path = (last or found)[-1]
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if "minisora" not in ckpt:
+        raise ValueError(f"{path} is not a MiniSora checkpoint (no 'minisora' entry); keys: {sorted(ckpt)[:8]}")
+    if ckpt["minisora"].get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(f"{path} has format_version {ckpt['minisora']['format_version']} > supported {FORMAT_VERSION}")
+    ckpt["minisora"]["path"] = str(path)
+    return ckpt
+
+
+def module_state_dict(ckpt: dict, prefix: str = "model.", ema: bool = False) -> dict:
+    """The model weights of a checkpoint: the EMA copy when asked and present, else state_dict minus `prefix`."""
+    if ema and "ema_state_dict" in ckpt:
+        return ckpt["ema_state_dict"]
+    sd = ckpt["state_dict"]
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)} if any(
+        k.startswith(prefix) for k in sd) else sd

@@ -1,0 +1,187 @@
+"""One resolver for every model reference (--vae, --vae_model, --resume_from):
+
+  * a local file or folder        -> a MiniSora checkpoint, or a diffusers AutoencoderKL folder
+  * entity/project/name:vN        -> a wandb artifact, downloaded to data/artifacts/ (needs network + API key)
+  * owner/name                    -> a Hugging Face id, loaded with diffusers (needs network or the HF cache)
+
+Offline, the hub paths fail within seconds with a message saying what to do instead.
+`load_vae` wraps both kinds of VAE behind one interface (VAEHandle) used by every later stage.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from einops import rearrange
+
+from minisora.checkpoint import load_checkpoint, module_state_dict
+from minisora.flying_mnist import require_online
+
+WANDB_RE = re.compile(r"^[\w.-]+/[\w.-]+/[\w.-]+:[\w.-]+$")
+HF_RE = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+def reference_kind(ref: str) -> str:
+    """'local', 'wandb' or 'hf'."""
+    if Path(ref).exists():
+        return "local"
+    if WANDB_RE.match(ref) or ":" in ref:
+        return "wandb"
+    if HF_RE.match(ref):
+        return "hf"
+    raise FileNotFoundError(f"model reference {ref!r} is neither an existing path, a wandb artifact "
+                            f"(entity/project/name:vN) nor a Hugging Face id (owner/name)")
+
+
+def model_id(ref: str) -> str:
+    """Short name used in stage-file names: sd-vae-ft-mse, model-nilqq143, or the run folder of a checkpoint."""
+    p = Path(ref)
+    if p.exists():
+        if p.is_file() and p.parent.name == "checkpoints":
+            return p.parent.parent.name
+        return p.stem if p.is_file() else p.name
+    return ref.rstrip("/").split("/")[-1].split(":")[0]
+
+
+def download_wandb_artifact(ref: str, root: str | os.PathLike = "data/artifacts") -> Path:
+    hint = (f"download it where wandb is reachable (`wandb artifact get {ref}`) and pass the local folder "
+            f"or its model.ckpt instead")
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled"):
+        raise ConnectionError(f"cannot fetch wandb artifact {ref!r}: WANDB_MODE={os.environ['WANDB_MODE']}. Instead: {hint}")
+    require_online("https://api.wandb.ai", what=f"wandb artifact {ref!r}", fallback=hint)
+    import wandb
+
+    target = Path(root) / ref.replace("/", "__").replace(":", "__")
+    if not target.exists():
+        wandb.Api().artifact(ref).download(root=str(target))
+    return target
+
+
+def resolve_checkpoint_path(ref: str) -> Path:
+    """Local checkpoint file for a local path or a wandb artifact (a folder is searched for last.ckpt/model.ckpt)."""
+    kind = reference_kind(ref)
+    if kind == "hf":
+        raise ValueError(f"{ref!r} looks like a Hugging Face id; a training checkpoint must be a path or a wandb artifact")
+    p = Path(ref) if kind == "local" else download_wandb_artifact(ref)
+    if p.is_dir():
+        return Path(load_checkpoint(p)["minisora"]["path"])
+    return p
+
+
+# -------------------------------------------------------------------------------------------- VAEs
+@dataclass
+class VAEHandle:
+    """A VAE behind one interface. Videos are (B, 3, T, H, W) in [-1, 1]; latents (B, C, t, h, w),
+    already multiplied by `scaling_factor` (diffusers VAEs) -- divide before decoding is done here."""
+
+    module: torch.nn.Module
+    kind: str                  # "project" (models.vqvae.VideoVAE) or "diffusers" (2D AutoencoderKL, per frame)
+    reference: str
+    name: str
+    latent_channels: int
+    temporal_stride: int
+    spatial_stride: int
+    scaling_factor: float = 1.0
+    quantize: bool = False
+    n_codes: int | None = None
+    config: dict = field(default_factory=dict)
+
+    @property
+    def device(self):
+        return next(self.module.parameters()).device
+
+    def to(self, device):
+        self.module.to(device)
+        return self
+
+    def latent_shape(self, T: int, H: int, W: int) -> tuple[int, int, int, int]:
+        if T % self.temporal_stride or H % self.spatial_stride or W % self.spatial_stride:
+            raise ValueError(f"clip (T={T}, H={H}, W={W}) not divisible by the VAE strides "
+                             f"(t={self.temporal_stride}, s={self.spatial_stride}) of {self.reference}")
+        return self.latent_channels, T // self.temporal_stride, H // self.spatial_stride, W // self.spatial_stride
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        """Deterministic latents: the posterior mean (KL), pre-quantization vectors snapped to codes (VQ)."""
+        if self.kind == "diffusers":
+            b = video.shape[0]
+            frames = rearrange(video, "b c t h w -> (b t) c h w").to(self.module.dtype)
+            z = self.module.encode(frames).latent_dist.mean * self.scaling_factor
+            return rearrange(z.float(), "(b t) c h w -> b c t h w", b=b)
+        enc = self.module.encode(video)
+        return (enc["quantized"] if self.quantize else enc["z"]).float()
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        if self.kind == "diffusers":
+            b = latents.shape[0]
+            z = rearrange(latents, "b c t h w -> (b t) c h w") / self.scaling_factor
+            frames = self.module.decode(z.to(self.module.dtype)).sample.float()
+            return rearrange(frames, "(b t) c h w -> b c t h w", b=b).clamp(-1, 1)
+        return self.module.decode(latents).float().clamp(-1, 1)
+
+    @torch.no_grad()
+    def encode_codes(self, video: torch.Tensor) -> torch.Tensor:
+        if not self.quantize:
+            raise ValueError(f"{self.reference} does not quantize (variant {self.config.get('variant')}); "
+                             f"tokens need a VQ variant such as s8_b or s4t4_b_vq")
+        return self.module.encode(video)["codes"]
+
+    @torch.no_grad()
+    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.module.decode_codes(codes).float().clamp(-1, 1)
+
+    @torch.no_grad()
+    def codes_to_vectors(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.module.quantizer.codes_to_vectors(codes)
+
+
+def _is_diffusers_dir(p: Path) -> Path | None:
+    for d in (p, p / "vae"):
+        cfg = d / "config.json"
+        if cfg.exists() and "AutoencoderKL" in json.loads(cfg.read_text()).get("_class_name", ""):
+            return d
+    return None
+
+
+def _load_diffusers(src: str, ref: str) -> VAEHandle:
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(src).eval()
+    c = vae.config
+    return VAEHandle(vae, "diffusers", ref, model_id(ref), c.latent_channels, 1,
+                     2 ** (len(c.block_out_channels) - 1), float(c.scaling_factor or 1.0), config=dict(c))
+
+
+def load_vae(ref: str, device: str | torch.device = "cpu") -> VAEHandle:
+    """Load a VAE from a project checkpoint path, a wandb artifact name or a Hugging Face id."""
+    from models.vqvae import VAEConfig, VideoVAE
+
+    kind = reference_kind(ref)
+    if kind == "hf":
+        if os.environ.get("HF_HUB_OFFLINE") != "1":
+            require_online("https://huggingface.co", what=f"the Hugging Face VAE {ref!r}",
+                           fallback="run where huggingface.co is reachable once (it is then cached), or pass a local folder")
+        try:
+            return _load_diffusers(ref, ref).to(device)
+        except OSError as e:
+            raise ConnectionError(f"cannot load Hugging Face VAE {ref!r} (offline and not in the HF cache?): "
+                                  f"{str(e).splitlines()[0]}. Pass a local diffusers folder instead.") from None
+    local = Path(ref) if kind == "local" else download_wandb_artifact(ref)
+    if local.is_dir() and (d := _is_diffusers_dir(local)):
+        return _load_diffusers(str(d), ref).to(device)
+    ckpt = load_checkpoint(local)
+    meta = ckpt["minisora"]
+    if meta.get("kind") != "vae":
+        raise ValueError(f"{ref} is a {meta.get('kind')!r} checkpoint, not a VAE")
+    cfg = VAEConfig.from_dict(meta["config"])
+    model = VideoVAE(cfg)
+    model.load_state_dict(module_state_dict(ckpt))
+    model.eval()
+    return VAEHandle(model, "project", ref, model_id(ref), cfg.embedding_dim, cfg.temporal_stride,
+                     cfg.spatial_stride, 1.0, cfg.quantize, cfg.n_codes if cfg.quantize else None,
+                     config=cfg.to_dict()).to(device)

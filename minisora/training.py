@@ -1,0 +1,109 @@
+"""What every training script shares: common flags, the run folder, loggers and the Lightning Trainer.
+
+Run folder: runs/<script>/<run name>/ with config.json (all args), metrics.csv (Lightning CSVLogger),
+samples/ (mp4 + gif) and checkpoints/ (last.ckpt + periodic). wandb (--track) gets the same metrics and
+videos under one run; it is never required (WANDB_MODE=offline works).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from minisora.checkpoint import AtomicCheckpointIO
+from minisora.video_io import to_uint8_frames, write_gif, write_video
+
+
+def add_common_args(p: argparse.ArgumentParser, project: str) -> None:
+    g = p.add_argument_group("run / hardware (shared by every training script)")
+    g.add_argument("--dataset", default="flying_mnist", help="reads data/<dataset>/{train,val} (or a folder path)")
+    g.add_argument("--data_dir", default="data")
+    g.add_argument("--output_dir", default="runs", help="runs/<script>/<run_name>/ holds config, metrics, samples, checkpoints")
+    g.add_argument("--run_name", default=None, help="default: a timestamp")
+    g.add_argument("--devices", "--gpus", dest="devices", default="auto",
+                   help="'auto', a count, or a list like 0,1 (--gpus is upstream's alias); >1 uses DDP")
+    g.add_argument("--accelerator", default="auto", help="auto | cpu | gpu")
+    g.add_argument("--num_nodes", type=int, default=1)
+    g.add_argument("--precision", default=None,
+                   help="Lightning precision; default bf16-mixed on CUDA GPUs with bf16, else 32-true")
+    g.add_argument("--num_workers", type=int, default=2, help="DataLoader workers per process")
+    g.add_argument("--seed", type=int, default=1234)
+    g.add_argument("--resume_from", default=None, help="checkpoint to resume: local path or wandb artifact name")
+    g.add_argument("--track", "--wandb_log", dest="track", action="store_true", help="log to wandb (--wandb_log is an alias)")
+    g.add_argument("--project", default=project, help=f"wandb project (default {project})")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+
+
+def default_precision() -> str:
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def parse_devices(devices: str):
+    if devices == "auto":
+        return "auto"
+    if "," in devices:
+        return [int(d) for d in devices.split(",") if d]
+    return int(devices)
+
+
+def run_dir(args, script: str) -> Path:
+    name = args.run_name or time.strftime("%Y%m%d-%H%M%S")
+    d = Path(args.output_dir) / script / name
+    (d / "samples").mkdir(parents=True, exist_ok=True)
+    (d / "checkpoints").mkdir(parents=True, exist_ok=True)
+    if int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0:
+        (d / "config.json").write_text(json.dumps(vars(args), indent=2, default=str))
+    return d
+
+
+def make_loggers(args, out: Path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    loggers = [CSVLogger(str(out), name="", version="")]
+    if args.track:
+        from lightning.pytorch.loggers import WandbLogger
+
+        loggers.append(WandbLogger(project=args.project, name=out.name, save_dir=str(out), log_model="all",
+                                   config=vars(args)))
+    return loggers
+
+
+def make_trainer(args, out: Path, callbacks=(), **kw):
+    """A Lightning Trainer with this project's defaults: DDP when devices > 1, bf16 on GPU, atomic checkpoints."""
+    import lightning as L
+
+    devices = parse_devices(str(args.devices))
+    multi = (isinstance(devices, int) and devices > 1) or (isinstance(devices, list) and len(devices) > 1) or args.num_nodes > 1
+    return L.Trainer(
+        accelerator=args.accelerator, devices=devices, num_nodes=args.num_nodes,
+        strategy="ddp" if multi else "auto", precision=args.precision or default_precision(),
+        logger=make_loggers(args, out), callbacks=list(callbacks), plugins=[AtomicCheckpointIO()],
+        default_root_dir=str(out), **kw)
+
+
+def save_video_grid(videos: list[torch.Tensor], path: Path, fps: float = 4, gif: bool = True) -> Path:
+    """Save (C, T, H, W) videos in [-1, 1] side by side (along width) as mp4 (+ gif). Returns the mp4 path."""
+    frames = np.concatenate([to_uint8_frames(v) for v in videos], axis=2)
+    h, w = frames.shape[1:3]
+    if h % 2 or w % 2:  # yuv420p needs even sizes
+        frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
+    write_video(path, frames, fps=fps)
+    if gif:
+        write_gif(path.with_suffix(".gif"), frames, fps=fps)
+    return path
+
+
+def log_video(trainer, key: str, path: Path, step: int, fps: float = 4) -> None:
+    """Send a saved mp4 to wandb when a WandbLogger is attached."""
+    for lg in trainer.loggers:
+        if type(lg).__name__ == "WandbLogger":
+            import wandb
+
+            lg.experiment.log({key: wandb.Video(str(path), fps=fps, format="mp4"), "trainer/global_step": step})

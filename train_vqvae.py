@@ -1,0 +1,142 @@
+"""Train a spatio-temporal video autoencoder: VQ-VAE (tokens for the GPT), KL-VAE (latents for
+diffusion) or plain AE, selected by --network_variant (see models/vqvae.py PRESETS).
+
+Seed commands (GPU), and a CPU-small run:
+  python train_vqvae.py --batch_size 2 --resolution 256 --sequence_length 32 --embedding_dim 4 --n_codes 5120 \\
+      --limit_train_batches 1.0 --limit_val_batches 0.25 --epochs 150 --save_every_n_epochs 5 \\
+      --low_utilization_cost 0.1 --network_variant s8_b --lr 0.001 --kl_loss_weight 0.01 --commitment_cost 0.25 --track
+  python train_vqvae.py ... --network_variant vae_s4t4_b --kl_loss_weight 0.1 ...
+  python train_vqvae.py --dataset flying_mnist_demo --resolution 64 --sequence_length 16 --network_variant vae_s4t4_m
+
+Writes runs/train_vqvae/<run_name>/{config.json, metrics.csv, samples/, checkpoints/last.ckpt}. A checkpoint
+(or its wandb artifact name, with --track: <entity>/<project>/model-<run id>:vN) is what --vae takes in later stages.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader
+
+from minisora.data import VideoDataset
+from minisora.lit_vae import LitVAE
+from minisora.resolve import resolve_checkpoint_path
+from minisora.training import add_common_args, make_trainer, run_dir
+from models.vqvae import PRESETS, make_config
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+    m = p.add_argument_group("model")
+    m.add_argument("--network_variant", default="s8_b", choices=sorted(PRESETS), metavar="VARIANT",
+                   help="preset name (default s8_b: 4x4x4 VQ-VAE). One of: " + ", ".join(PRESETS))
+    m.add_argument("--embedding_dim", type=int, default=4, help="latent channels E (upstream default 256; seed: 4)")
+    m.add_argument("--n_codes", type=int, default=2048, help="codebook size K for quantizing variants (seed: 5120)")
+    m.add_argument("--channels", type=int, nargs="+", default=None, help="override the preset's per-level widths")
+    m.add_argument("--n_hiddens", type=int, default=None, help="upstream flag: if given, width of the deepest level")
+    m.add_argument("--n_res_layers", type=int, default=None, help="upstream flag: if given, res blocks per level")
+    m.add_argument("--downsample", type=int, nargs=3, default=None, metavar=("T", "H", "W"),
+                   help="upstream flag: if given, must equal the variant's strides (checked)")
+    m.add_argument("--kl_loss_weight", type=float, default=1.0, help="weight of the KL term (mean per latent element); KL variants")
+    m.add_argument("--commitment_cost", type=float, default=0.25, help="VQ commitment weight beta")
+    m.add_argument("--ema_decay", type=float, default=0.99, help="VQ codebook EMA decay")
+    m.add_argument("--low_utilization_cost", type=float, default=0.0,
+                   help="pull of every code toward its nearest encoder output (revives dead codes); VQ variants")
+    m.add_argument("--reinit_every_n_epochs", type=int, default=None, help="re-seed unused codes from encoder outputs every n epochs")
+    d = p.add_argument_group("data")
+    d.add_argument("--resolution", type=int, default=64)
+    d.add_argument("--sequence_length", type=int, default=16, help="frames per training clip")
+    d.add_argument("--frame_stride", type=int, default=1)
+    d.add_argument("--batch_size", type=int, default=2)
+    d.add_argument("--max_videos", type=int, default=None, help="use only the first N train videos")
+    t = p.add_argument_group("training")
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--max_steps", type=int, default=-1, help="stop after this many optimizer steps (-1: epochs decide)")
+    t.add_argument("--max_time", default=None, help="stop after this wall time, DD:HH:MM:SS (e.g. 00:00:15:00)")
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--accumulate_grad_batches", type=int, default=1, help="(upstream silently defaulted to 8)")
+    t.add_argument("--limit_train_batches", type=float, default=1.0)
+    t.add_argument("--limit_val_batches", type=float, default=1.0)
+    t.add_argument("--save_every_n_epochs", type=int, default=1)
+    t.add_argument("--log_every_n_steps", type=int, default=50)
+    t.add_argument("--log_videos_every", type=int, default=500, help="save a train reconstruction video every N steps (0: off)")
+    t.add_argument("--clip_grad", type=float, default=1.0, help="global grad-norm clip (0: off)")
+    t.add_argument("--watch_gradients", action="store_true", help="wandb.watch the model (with --track)")
+    add_common_args(p, project="videogpt")
+    a = p.parse_args(argv)
+    if a.limit_train_batches > 1:
+        a.limit_train_batches = int(a.limit_train_batches)
+    if a.limit_val_batches > 1:
+        a.limit_val_batches = int(a.limit_val_batches)
+    return a
+
+
+def build_config(a):
+    over = dict(embedding_dim=a.embedding_dim, n_codes=a.n_codes, kl_weight=a.kl_loss_weight,
+                commitment_cost=a.commitment_cost, ema_decay=a.ema_decay, low_utilization_cost=a.low_utilization_cost)
+    preset = PRESETS[a.network_variant]
+    channels = list(a.channels or preset["channels"])
+    if a.n_hiddens:
+        channels[-1] = a.n_hiddens
+    over["channels"] = tuple(channels)
+    if a.n_res_layers is not None:
+        over.update(num_res_blocks=a.n_res_layers, res_blocks=None)
+    cfg = make_config(a.network_variant, **over)
+    if a.downsample and tuple(a.downsample) != (cfg.temporal_stride, cfg.spatial_stride, cfg.spatial_stride):
+        raise ValueError(f"--downsample {a.downsample} does not match {a.network_variant}'s strides "
+                         f"(t={cfg.temporal_stride}, h=w={cfg.spatial_stride}); choose another --network_variant")
+    return cfg
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    try:
+        cfg = build_config(a)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    L.seed_everything(a.seed, workers=True)
+    torch.set_float32_matmul_precision("high")
+    out = run_dir(a, "train_vqvae")
+    common = dict(dataset=a.dataset, data_dir=a.data_dir, resolution=a.resolution, sequence_length=a.sequence_length,
+                  frame_stride=a.frame_stride, as_uint8=True)
+    train = VideoDataset(split="train", random_clip=True, max_videos=a.max_videos, **common)
+    val = VideoDataset(split="val", **common)
+    try:
+        from models.vqvae import VideoVAE
+        VideoVAE(cfg).latent_shape(a.sequence_length, a.resolution, a.resolution)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    loader = dict(batch_size=a.batch_size, num_workers=a.num_workers, pin_memory=torch.cuda.is_available(),
+                  persistent_workers=a.num_workers > 0)
+    model = LitVAE(cfg.to_dict(), lr=a.lr, reinit_every_n_epochs=a.reinit_every_n_epochs,
+                   log_videos_every=a.log_videos_every, sample_dir=str(out / "samples"),
+                   data={k: v for k, v in common.items() if k != "as_uint8"})
+    n_params = sum(p.numel() for p in model.model.parameters())
+    print(f"[train_vqvae] {a.network_variant}: {n_params / 1e6:.3f}M params, strides t{cfg.temporal_stride} "
+          f"s{cfg.spatial_stride}, E={cfg.embedding_dim}, quantize={cfg.quantize} (K={cfg.n_codes}), kl={cfg.kl}; "
+          f"{len(train)} train / {len(val)} val clips; run dir {out}")
+    ckpt = ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="epoch{epoch:03d}", auto_insert_metric_name=False,
+                           every_n_epochs=a.save_every_n_epochs, save_last=True, save_top_k=-1)
+    trainer = make_trainer(a, out, callbacks=[ckpt], max_epochs=a.epochs, max_steps=a.max_steps, max_time=a.max_time,
+                           accumulate_grad_batches=a.accumulate_grad_batches, limit_train_batches=a.limit_train_batches,
+                           limit_val_batches=a.limit_val_batches, log_every_n_steps=a.log_every_n_steps,
+                           gradient_clip_val=a.clip_grad or None, num_sanity_val_steps=0)
+    if a.track and a.watch_gradients:
+        trainer.loggers[-1].watch(model.model, log="gradients")
+    if a.compile:
+        model.model = torch.compile(model.model)
+    resume = resolve_checkpoint_path(a.resume_from) if a.resume_from else None
+    trainer.fit(model, DataLoader(train, shuffle=True, drop_last=len(train) >= a.batch_size, **loader),
+                DataLoader(val, **loader), ckpt_path=resume)
+    if trainer.is_global_zero:
+        m = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        print(f"[train_vqvae] done. val: {m}\n[train_vqvae] checkpoint: {out / 'checkpoints' / 'last.ckpt'}"
+              f"\n[train_vqvae] samples: {out / 'samples'}  metrics: {out / 'metrics.csv'}")
+
+
+if __name__ == "__main__":
+    main()
