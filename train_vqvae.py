@@ -42,6 +42,7 @@ def parse_args(argv=None):
     m.add_argument("--downsample", type=int, nargs=3, default=None, metavar=("T", "H", "W"),
                    help="upstream flag: if given, must equal the variant's strides (checked)")
     m.add_argument("--kl_loss_weight", type=float, default=1.0, help="weight of the KL term (mean per latent element); KL variants")
+    m.add_argument("--l1_weight", type=float, default=0.0, help="add an L1 reconstruction term with this weight")
     m.add_argument("--commitment_cost", type=float, default=0.25, help="VQ commitment weight beta")
     m.add_argument("--ema_decay", type=float, default=0.99, help="VQ codebook EMA decay")
     m.add_argument("--low_utilization_cost", type=float, default=0.0,
@@ -77,7 +78,7 @@ def parse_args(argv=None):
 
 def build_config(a):
     over = dict(embedding_dim=a.embedding_dim, n_codes=a.n_codes, kl_weight=a.kl_loss_weight,
-                commitment_cost=a.commitment_cost, ema_decay=a.ema_decay, low_utilization_cost=a.low_utilization_cost)
+                commitment_cost=a.commitment_cost, l1_weight=a.l1_weight, ema_decay=a.ema_decay, low_utilization_cost=a.low_utilization_cost)
     preset = PRESETS[a.network_variant]
     channels = list(a.channels or preset["channels"])
     if a.n_hiddens:

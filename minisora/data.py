@@ -49,12 +49,14 @@ def frames_to_tensor(frames: np.ndarray, resolution: int | None = None, as_uint8
         x = x[..., top:top + resolution, left:left + resolution]
     if as_uint8:
         return x.to(torch.uint8)  # may be a strided view: collate copies it once into the batch
-    return to_model_range(x)
+    return x.float().div_(127.5).sub_(1.0) if x.dtype != torch.uint8 else to_model_range(x)
 
 
 def to_model_range(x: torch.Tensor) -> torch.Tensor:
-    """uint8 (or float 0..255) video -> float32 in [-1, 1]. Cheap on a GPU: training scripts load
-    uint8 clips (4x less to move) and call this on the device."""
+    """uint8 video -> float32 in [-1, 1] (a new tensor). Cheap on a GPU: training scripts load uint8
+    clips (4x less to move) and call this on the device."""
+    if x.dtype != torch.uint8:
+        raise TypeError(f"to_model_range expects uint8 pixels, got {x.dtype} (already normalised?)")
     return x.float().div_(127.5).sub_(1.0)
 
 

@@ -35,6 +35,7 @@ class VAEConfig:
     causal: bool = False              # causal in time (past-only padding, per-frame norms)
     dropout: float = 0.0
     kl_weight: float = 1e-3           # weight of kl_loss (mean per latent element) in the total loss
+    l1_weight: float = 0.0            # extra L1 reconstruction term (sharper digits, faster early training)
     commitment_cost: float = 0.25
     ema_decay: float = 0.99
     low_utilization_cost: float = 0.0
@@ -425,6 +426,8 @@ class VideoVAE(nn.Module):
         recon = self.decoder(z)
         recon_loss = F.mse_loss(recon.float(), x.float())
         loss = recon_loss + vq_loss + self.config.kl_weight * kl_loss
+        if self.config.l1_weight:
+            loss = loss + self.config.l1_weight * F.l1_loss(recon.float(), x.float())
         out.update(recon=recon, loss=loss, recon_loss=recon_loss, kl_loss=kl_loss, vq_loss=vq_loss,
                    perplexity=perplexity)
         return out

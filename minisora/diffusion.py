@@ -1,0 +1,228 @@
+"""Gaussian diffusion shared by train_dit.py, iddpm.py and sample.py.
+
+Discrete-time DDPM (T base steps, linear or cosine betas) with epsilon prediction and, optionally,
+learned-range variance trained with the improved-DDPM hybrid loss (MSE on epsilon + lambda * VLB with
+the mean detached). Samplers: ancestral DDPM on a respaced chain (any number of steps; learned
+variances are respaced too), and the diffusers DDIM / DPM-Solver++ schedulers built on the same betas,
+which make good samples in 20-50 steps. Tensors: x (B, C, ...) with the channel axis at dim 1.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+
+
+def betas_for(schedule: str, steps: int = 1000) -> np.ndarray:
+    if schedule == "linear":  # Ho et al., scaled so any T spans the same range
+        scale = 1000 / steps
+        return np.linspace(scale * 1e-4, scale * 0.02, steps, dtype=np.float64)
+    if schedule == "cosine":  # Nichol & Dhariwal
+        f = lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+        return np.array([min(1 - f((i + 1) / steps) / f(i / steps), 0.999) for i in range(steps)], np.float64)
+    raise ValueError(f"unknown noise schedule {schedule!r} (linear | cosine)")
+
+
+def space_timesteps(num_steps: int, respace: int) -> list[int]:
+    """`respace` evenly spaced timesteps out of num_steps (always including 0 and num_steps - 1)."""
+    if not 1 <= respace <= num_steps:
+        raise ValueError(f"cannot respace {num_steps} steps to {respace}")
+    return sorted({int(round(x)) for x in np.linspace(0, num_steps - 1, respace)})
+
+
+def _gather(a: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
+    return a.to(t.device)[t].float().view(-1, *([1] * (ndim - 1)))
+
+
+def normal_kl(mean1, logvar1, mean2, logvar2):
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+
+
+def _approx_std_normal_cdf(x):
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def discretized_gaussian_nll(x, means, log_scales):
+    """NLL of x (in [-1, 1], 256 bins) under a discretised Gaussian (improved-DDPM decoder term)."""
+    centered = x - means
+    inv = torch.exp(-log_scales)
+    cdf_plus = _approx_std_normal_cdf(inv * (centered + 1 / 255))
+    cdf_min = _approx_std_normal_cdf(inv * (centered - 1 / 255))
+    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
+    log_one_minus_cdf_min = torch.log((1 - cdf_min).clamp(min=1e-12))
+    cdf_delta = cdf_plus - cdf_min
+    log_probs = torch.where(x < -0.999, log_cdf_plus,
+                            torch.where(x > 0.999, log_one_minus_cdf_min, torch.log(cdf_delta.clamp(min=1e-12))))
+    return -log_probs
+
+
+class GaussianDiffusion:
+    """Diffusion on a chain of `timesteps` (a subset of the base T steps when respaced).
+
+    `timestep_map[i]` is the base-chain index of step i: models always see base-chain times, so a model
+    trained on 1000 steps samples on any respaced chain.
+    """
+
+    def __init__(self, betas: np.ndarray, learn_sigma: bool = False, timesteps: list[int] | None = None,
+                 vlb_weight: float = 1.0):
+        base = np.asarray(betas, np.float64)
+        self.num_base_steps = len(base)
+        self.learn_sigma, self.vlb_weight = learn_sigma, vlb_weight
+        use = timesteps or list(range(len(base)))
+        acp_base = np.cumprod(1.0 - base)
+        acp = acp_base[use]
+        prev = np.append(1.0, acp[:-1])
+        betas = 1 - acp / prev
+        self.timestep_map = torch.tensor(use, dtype=torch.long)
+        self.num_timesteps = len(betas)
+        self.betas = betas
+        self.alphas_cumprod = acp
+        t = lambda a: torch.tensor(a, dtype=torch.float64)  # noqa: E731
+        self.sqrt_acp, self.sqrt_1m_acp = t(np.sqrt(acp)), t(np.sqrt(1 - acp))
+        self.sqrt_recip_acp, self.sqrt_recipm1_acp = t(np.sqrt(1 / acp)), t(np.sqrt(1 / acp - 1))
+        post_var = betas * (1 - prev) / (1 - acp)
+        self.posterior_variance = t(post_var)
+        self.posterior_log_var = t(np.log(np.append(post_var[1], post_var[1:])) if len(post_var) > 1 else np.log(np.maximum(post_var, 1e-20)))
+        self.post_c1 = t(betas * np.sqrt(prev) / (1 - acp))
+        self.post_c2 = t((1 - prev) * np.sqrt(1 - betas) / (1 - acp))
+        self.log_betas = t(np.log(betas))
+
+    @classmethod
+    def create(cls, schedule: str = "linear", steps: int = 1000, learn_sigma: bool = False, respace: int | None = None):
+        betas = betas_for(schedule, steps)
+        ts = space_timesteps(steps, respace) if respace and respace != steps else None
+        return cls(betas, learn_sigma, ts)
+
+    def respaced(self, steps: int) -> "GaussianDiffusion":
+        """The same process on `steps` evenly spaced base timesteps (for faster ancestral sampling)."""
+        base = betas_from_acp(self._base_acp())
+        return GaussianDiffusion(base, self.learn_sigma, space_timesteps(self.num_base_steps, steps), self.vlb_weight)
+
+    def _base_acp(self):
+        if self.num_timesteps == self.num_base_steps:
+            return self.alphas_cumprod
+        raise ValueError("respace from the full chain")
+
+    # -------------------------------------------------------------------------------- forward
+    def q_sample(self, x0, t, noise):
+        return _gather(self.sqrt_acp, t, x0.ndim) * x0 + _gather(self.sqrt_1m_acp, t, x0.ndim) * noise
+
+    def q_posterior(self, x0, xt, t):
+        mean = _gather(self.post_c1, t, x0.ndim) * x0 + _gather(self.post_c2, t, x0.ndim) * xt
+        return mean, _gather(self.posterior_variance, t, x0.ndim), _gather(self.posterior_log_var, t, x0.ndim)
+
+    def predict_x0(self, xt, t, eps):
+        return _gather(self.sqrt_recip_acp, t, xt.ndim) * xt - _gather(self.sqrt_recipm1_acp, t, xt.ndim) * eps
+
+    # ------------------------------------------------------------------------------ reverse
+    def split_output(self, out: torch.Tensor):
+        if self.learn_sigma:
+            eps, v = out.chunk(2, dim=1)
+            return eps, v
+        return out, None
+
+    def p_mean_variance(self, model_out, xt, t, clip_x0: float | None = None):
+        eps, v = self.split_output(model_out.float())
+        if v is not None:  # learned range between beta_t and the posterior variance (log space)
+            frac = (v + 1) / 2
+            min_log, max_log = _gather(self.posterior_log_var, t, xt.ndim), _gather(self.log_betas, t, xt.ndim)
+            log_var = frac * max_log + (1 - frac) * min_log
+        else:  # fixed large variance: beta_t (posterior variance at t=0)
+            lv = torch.cat([self.posterior_log_var[1:2], self.log_betas[1:]]) if self.num_timesteps > 1 else self.posterior_log_var
+            log_var = _gather(lv, t, xt.ndim)
+        x0 = self.predict_x0(xt, t, eps)
+        if clip_x0:
+            x0 = x0.clamp(-clip_x0, clip_x0)
+        mean, _, _ = self.q_posterior(x0, xt, t)
+        return mean, log_var, x0, eps
+
+    def model_t(self, t: torch.Tensor) -> torch.Tensor:
+        """Base-chain timestep given to the model for chain index t."""
+        return self.timestep_map.to(t.device)[t]
+
+    # --------------------------------------------------------------------------------- loss
+    def training_losses(self, model: Callable, x0: torch.Tensor, t: torch.Tensor | None = None, **model_kwargs) -> dict:
+        """Per-sample losses: {'loss', 'mse', 'vb' (learned sigma only), 't'}."""
+        b = x0.shape[0]
+        if t is None:
+            t = torch.randint(0, self.num_timesteps, (b,), device=x0.device)
+        noise = torch.randn_like(x0)
+        xt = self.q_sample(x0, t, noise)
+        out = model(xt, self.model_t(t), **model_kwargs).float()
+        eps, v = self.split_output(out)
+        mse = (eps - noise).pow(2).flatten(1).mean(1)
+        terms = {"mse": mse, "t": t}
+        if v is not None:
+            frozen = torch.cat([eps.detach(), v], dim=1)  # VLB trains the variance only
+            terms["vb"] = self.vb_term(frozen, x0, xt, t) * self.num_timesteps / 1000.0
+            terms["loss"] = mse + self.vlb_weight * terms["vb"]
+        else:
+            terms["loss"] = mse
+        return terms
+
+    def vb_term(self, model_out, x0, xt, t):
+        true_mean, _, true_log_var = self.q_posterior(x0, xt, t)
+        mean, log_var, _, _ = self.p_mean_variance(model_out, xt, t)
+        kl = normal_kl(true_mean, true_log_var, mean, log_var).flatten(1).mean(1) / math.log(2.0)
+        nll = discretized_gaussian_nll(x0, mean, 0.5 * log_var).flatten(1).mean(1) / math.log(2.0)
+        return torch.where(t == 0, nll, kl)
+
+    # ----------------------------------------------------------------------------- samplers
+    @torch.no_grad()
+    def ddpm_sample(self, model: Callable, shape, noise=None, generator=None, device="cpu", progress=False,
+                    clip_x0: float | None = None, **model_kwargs):
+        """Ancestral sampling over this (possibly respaced) chain."""
+        x = noise if noise is not None else torch.randn(shape, generator=generator, device=device)
+        steps = range(self.num_timesteps - 1, -1, -1)
+        if progress:
+            from tqdm import tqdm
+            steps = tqdm(steps, desc="ddpm", leave=False)
+        for i in steps:
+            t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
+            mean, log_var, _, _ = self.p_mean_variance(model(x, self.model_t(t), **model_kwargs), x, t, clip_x0)
+            z = torch.randn(x.shape, generator=generator, device=x.device) if i > 0 else 0
+            x = mean + (0.5 * log_var).exp() * z
+        return x
+
+    @torch.no_grad()
+    def solver_sample(self, model: Callable, shape, steps: int = 25, sampler: str = "dpm++", noise=None,
+                      generator=None, device="cpu", progress=False, **model_kwargs):
+        """DDIM or DPM-Solver++ (2M) from diffusers, on this chain's betas (full chain only)."""
+        from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+        betas = torch.tensor(self.betas, dtype=torch.float32)
+        if sampler == "ddim":
+            sched = DDIMScheduler(num_train_timesteps=self.num_timesteps, trained_betas=betas, clip_sample=False,
+                                  set_alpha_to_one=False, timestep_spacing="trailing")
+        elif sampler in ("dpm++", "dpmsolver++", "dpm"):
+            sched = DPMSolverMultistepScheduler(num_train_timesteps=self.num_timesteps, trained_betas=betas,
+                                                algorithm_type="dpmsolver++", solver_order=2,
+                                                timestep_spacing="trailing", lower_order_final=True)
+        else:
+            raise ValueError(f"unknown sampler {sampler!r} (ddpm | ddim | dpm++)")
+        sched.set_timesteps(steps, device=device)
+        x = noise if noise is not None else torch.randn(shape, generator=generator, device=device)
+        x = x * sched.init_noise_sigma
+        it = sched.timesteps
+        if progress:
+            from tqdm import tqdm
+            it = tqdm(it, desc=sampler, leave=False)
+        for t in it:
+            tt = torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long)
+            eps, _ = self.split_output(model(x, self.model_t(tt), **model_kwargs).float())
+            x = sched.step(eps, t, x).prev_sample
+        return x
+
+    def sample(self, model, shape, sampler: str = "dpm++", steps: int = 25, **kw):
+        """One entry point: sampler in {ddpm, ddim, dpm++}; `steps` respaces ddpm too."""
+        if sampler == "ddpm":
+            chain = self if steps >= self.num_timesteps else self.respaced(steps)
+            return chain.ddpm_sample(model, shape, **kw)
+        return self.solver_sample(model, shape, steps, sampler, **kw)
+
+
+def betas_from_acp(acp: np.ndarray) -> np.ndarray:
+    prev = np.append(1.0, acp[:-1])
+    return 1 - acp / prev

@@ -1,0 +1,135 @@
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT
+from minisora.stagefile import StageWriter, load_stage, token_dtype
+
+
+def run(script, args, cwd, ok=True, timeout=300):
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True, cwd=cwd,
+                         env=env, timeout=timeout)
+    if ok:
+        assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_vaes(tiny_data, tmp_path_factory):
+    """Two tiny project VAEs trained for a few steps on the tiny set: a VQ one (s8_b) and a KL one."""
+    out = tmp_path_factory.mktemp("runs")
+    common = ["--dataset", "tiny", "--data_dir", str(tiny_data), "--output_dir", str(out), "--resolution", "32",
+              "--sequence_length", "8", "--epochs", "1", "--limit_train_batches", "4", "--limit_val_batches", "0",
+              "--channels", "8", "8", "8", "--n_codes", "300", "--num_workers", "0", "--log_videos_every", "0"]
+    run("train_vqvae.py", common + ["--network_variant", "s8_b", "--run_name", "vq"], out)
+    run("train_vqvae.py", common + ["--network_variant", "vae_s4t4_b", "--run_name", "kl"], out)
+    return {k: out / f"train_vqvae/{k}/checkpoints/last.ckpt" for k in ("vq", "kl")}
+
+
+def test_project_vae_latents_round_trip(tiny_data, tiny_vaes, tmp_path):
+    args = ["--dataset", "tiny", "--data_dir", str(tiny_data), "--batch_size", "1", "--vae", str(tiny_vaes["kl"]),
+            "--resolution", "32", "--sequence_length", "8", "--num_workers", "0", "--decode", "2"]
+    out = run("latents.py", args, tmp_path)
+    f = tiny_data / "latents/tiny__kl_latents_8frames_train.npy"  # upstream's naming
+    arr, meta = load_stage(f, expect_kind="latents")
+    assert arr.shape == (12, 4, 2, 8, 8) and arr.dtype == np.float32
+    assert meta["source"]["files"][:2] == ["00000.mp4", "00001.mp4"] and meta["vae"]["temporal_stride"] == 4
+    assert len(meta["channel_mean"]) == 4 and all(s > 0 for s in meta["channel_std"])
+    assert "PSNR" in out.stdout and len(list(f.with_name(f.stem + "_decoded").glob("*.mp4"))) == 2
+    from minisora.resolve import load_vae
+    from minisora.data import VideoDataset, to_model_range
+    vae = load_vae(str(tiny_vaes["kl"]))
+    ds = VideoDataset("tiny", resolution=32, sequence_length=8, data_dir=tiny_data, as_uint8=True)
+    z = vae.encode(to_model_range(ds[5]["video"]).unsqueeze(0))
+    assert np.allclose(arr[5], z[0].numpy(), atol=1e-5)  # row i is video i, deterministic (posterior mean)
+
+
+def test_tokens_dtype_range_and_decode(tiny_data, tiny_vaes, tmp_path):
+    out_file = tmp_path / "tok.npy"
+    out = run("tokenize_videos.py", ["--dataset", "tiny", "--data_dir", str(tiny_data), "--batch_size", "8",
+                                     "--vae", str(tiny_vaes["vq"]), "--resolution", "32", "--sequence_length", "8",
+                                     "--num_workers", "0", "--output", str(out_file), "--decode", "1"], tmp_path)
+    arr, meta = load_stage(out_file, expect_kind="tokens")
+    assert arr.shape == (12, 2, 8, 8) and arr.dtype == np.uint16 and int(arr.max()) < 300  # K=300 -> uint16
+    assert meta["n_codes"] == 300 and "PSNR" in out.stdout
+    bad = run("tokenize_videos.py", ["--dataset", "tiny", "--data_dir", str(tiny_data), "--vae", str(tiny_vaes["kl"]),
+                                     "--resolution", "32", "--sequence_length", "8"], tmp_path, ok=False)
+    assert bad.returncode != 0 and "does not quantize" in bad.stderr
+    assert token_dtype(256) == np.uint8 and token_dtype(257) == np.uint16 and token_dtype(5120) == np.uint16
+
+
+def test_interrupt_and_resume_gives_identical_file(tmp_path):
+    rows = np.random.default_rng(0).normal(size=(10, 2, 3)).astype(np.float32)
+    meta = {"kind": "latents", "source": {"a": 1}, "vae": {"b": 2}}
+    full = StageWriter(tmp_path / "full.npy", rows.shape, np.float32, meta)
+    for i in range(0, 10, 3):
+        full.write(rows[i:i + 3])
+    full.finish()
+    w = StageWriter(tmp_path / "cut.npy", rows.shape, np.float32, meta)
+    w.write(rows[:4])
+    del w  # "killed" after 4 rows
+    assert (tmp_path / "cut.partial.npy").exists() and not (tmp_path / "cut.npy").exists()
+    with pytest.raises(FileNotFoundError, match="resume"):
+        load_stage(tmp_path / "cut.npy")
+    w = StageWriter(tmp_path / "cut.npy", rows.shape, np.float32, meta)
+    assert w.rows_done == 4
+    w.write(rows[4:])
+    w.finish()
+    a, ma = load_stage(tmp_path / "full.npy")
+    b, mb = load_stage(tmp_path / "cut.npy")
+    assert np.array_equal(a, b) and ma["channel_mean"] == mb["channel_mean"]
+    other = StageWriter(tmp_path / "x.npy", rows.shape, np.float32, {**meta, "vae": {"b": 3}})
+    assert other.rows_done == 0  # a partial file made with other settings is not reused
+
+
+def test_latents_script_resumes_after_interrupt(tiny_data, tiny_vaes, tmp_path):
+    args = ["--dataset", "tiny", "--data_dir", str(tiny_data), "--batch_size", "1", "--vae", str(tiny_vaes["kl"]),
+            "--resolution", "32", "--sequence_length", "8", "--num_workers", "0"]
+    run("latents.py", args + ["--output", str(tmp_path / "ref.npy")], tmp_path)
+    target = tmp_path / "res.npy"
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    p = subprocess.Popen([sys.executable, str(ROOT / "latents.py"), *args, "--output", str(target)],
+                         cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    prog = tmp_path / "res.partial.json"
+    t = time.time()
+    while time.time() - t < 60 and not (prog.exists() and json.loads(prog.read_text())["rows_done"] >= 3):
+        time.sleep(0.05)
+    p.kill()
+    p.wait()
+    assert not target.exists() and json.loads(prog.read_text())["rows_done"] < 12
+    out = run("latents.py", args + ["--output", str(target)], tmp_path)
+    assert "resuming" in out.stdout
+    assert np.array_equal(np.load(target), np.load(tmp_path / "ref.npy"))
+
+
+def test_sidecar_mismatch_and_missing_sidecar(tmp_path):
+    np.save(tmp_path / "up.npy", np.zeros((3, 4, 2, 8, 8), np.float32))
+    with pytest.warns(UserWarning, match="no sidecar"):
+        arr, meta = load_stage(tmp_path / "up.npy")
+    assert meta["kind"] == "latents" and meta["inferred"]
+    np.save(tmp_path / "tok.npy", np.zeros((3, 2, 8, 8), np.int64))
+    with pytest.warns(UserWarning):
+        assert load_stage(tmp_path / "tok.npy")[1]["kind"] == "tokens"
+    (tmp_path / "up.json").write_text(json.dumps({"kind": "latents", "shape": [3, 4, 2, 8, 9], "dtype": "float32"}))
+    with pytest.raises(ValueError, match=r"\[3, 4, 2, 8, 9\]"):
+        load_stage(tmp_path / "up.npy")
+
+
+def test_sd_vae_path_per_frame_with_scaling(tiny_data, tmp_path):
+    from diffusers import AutoencoderKL
+    torch.manual_seed(0)
+    AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4,
+                  scaling_factor=0.18215).save_pretrained(tmp_path / "sd-vae-tiny")
+    run("latents.py", ["--dataset", "tiny", "--data_dir", str(tiny_data), "--batch_size", "1",
+                       "--vae", str(tmp_path / "sd-vae-tiny"), "--resolution", "32", "--sequence_length", "4",
+                       "--num_workers", "0", "--max_videos", "3", "--decode", "1"], tmp_path)
+    arr, meta = load_stage(tiny_data / "latents/tiny__sd-vae-tiny_latents_4frames_train.npy")
+    assert arr.shape == (3, 4, 4, 16, 16) and meta["scaling_factor"] == 0.18215 and meta["vae"]["kind"] == "diffusers"

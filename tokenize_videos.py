@@ -1,0 +1,21 @@
+"""Encode every clip of a split into VQ codes: data/latents/<dataset>__<vae>_tokens_<T>frames_<split>.npy
+((N, T/ts, H/ss, W/ss) in the smallest unsigned dtype that holds n_codes) + a JSON sidecar. Resumable;
+`--decode N` checks the file by decoding N rows.
+
+  python tokenize_videos.py --dataset flying_mnist --batch_size 8
+  python tokenize_videos.py --dataset flying_mnist_demo --resolution 64 --sequence_length 16 \\
+      --vae runs/train_vqvae/<run>/checkpoints/last.ckpt --decode 4
+"""
+import argparse
+
+from minisora.encode import add_args, run
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_args(p, "tokens")
+    run(p.parse_args(argv), "tokens")
+
+
+if __name__ == "__main__":
+    main()
