@@ -1,9 +1,15 @@
-"""The whole MiniSora pipeline at CPU-small scale, one stage after another.
+"""The whole MiniSora pipeline at CPU-small scale, one stage after another (~25 min on 2 CPU cores):
 
-    bash train.sh python demo.py            # writes runs/demo/ (and data/flying_mnist_demo/)
+  1. generate Flying MNIST (64², 16 frames, 1-2 digits)            -> data/flying_mnist_demo/
+  2. train a KL-VAE (4x4x4)                                        -> runs/train_vqvae/demo_vae/
+  3. encode the train split into latents (+ decode check)          -> data/latents/flying_mnist_demo__demo_vae_latents_16frames_train.npy
+  4. train an ST-DiT latent diffusion model                        -> runs/iddpm/demo_dit/
+  5. sample videos with DPM-Solver++ (25 steps)                    -> runs/demo/samples/grid.gif
+  (--with_gpt adds a VQ-VAE, tokens and a GPT: runs/demo/gpt_samples/)
+
+    bash train.sh python demo.py                   # or: python demo.py --minutes 10 (shorter training)
 
 Each stage is skipped when its output already exists, so a re-run resumes where it stopped.
-Stages: generate Flying MNIST (64², 16 frames, 1-2 digits).
 """
 from __future__ import annotations
 
@@ -16,14 +22,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 
 
-def run(stage: str, cmd: list[str], done: Path) -> None:
+def run(stage: str, cmd: list, done: Path) -> None:
     if done.exists():
-        print(f"[demo] {stage}: already done ({done}), skipping")
+        print(f"[demo] {stage}: already done ({done}), skipping", flush=True)
         return
-    print(f"[demo] {stage}: {' '.join(cmd)}", flush=True)
+    cmd = [str(c) for c in cmd]
+    print(f"\n[demo] {stage}: python {' '.join(cmd)}", flush=True)
     t = time.time()
     subprocess.run([sys.executable, *cmd], cwd=ROOT, check=True)
     print(f"[demo] {stage}: done in {time.time() - t:.0f}s", flush=True)
+
+
+def hms(minutes: float) -> str:
+    s = int(minutes * 60)
+    return f"00:{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 def main(argv=None):
@@ -31,13 +43,51 @@ def main(argv=None):
     p.add_argument("--name", default="flying_mnist_demo", help="dataset name under data/")
     p.add_argument("--num_train", type=int, default=1024)
     p.add_argument("--num_val", type=int, default=64)
+    p.add_argument("--minutes", type=float, default=22, help="training budget split over the VAE and the generator")
+    p.add_argument("--with_gpt", action="store_true", help="also train a VQ-VAE and a GPT on its tokens")
+    p.add_argument("--num_videos", type=int, default=8, help="videos to sample")
     a = p.parse_args(argv)
-    data = ROOT / "data" / a.name
-    run("data", ["generate_flying_mnist.py", "--name", a.name, "--resolution", "64", "--num_frames", "16",
-                 "--max_digits", "2", "--digit_size_min", "20", "--digit_size_max", "28", "--min_speed", "1",
-                 "--max_speed", "4", "--num_train", str(a.num_train), "--num_val", str(a.num_val)],
-        data / "val" / "metadata.jsonl")
-    print(f"\n[demo] outputs:\n  videos:   {data}/{{train,val}}/*.mp4\n  metadata: {data}/{{train,val}}/metadata.jsonl")
+    data, runs, out = ROOT / "data" / a.name, ROOT / "runs", ROOT / "runs" / "demo"
+    t0 = time.time()
+    run("1/5 data", ["generate_flying_mnist.py", "--name", a.name, "--resolution", 64, "--num_frames", 16, "--max_digits", 2,
+                     "--digit_size_min", 20, "--digit_size_max", 28, "--min_speed", 1, "--max_speed", 4,
+                     "--num_train", a.num_train, "--num_val", a.num_val], data / "val" / "metadata.jsonl")
+    common = ["--dataset", a.name, "--resolution", 64, "--sequence_length", 16, "--num_workers", 1]
+    vae = runs / "train_vqvae/demo_vae/checkpoints/last.ckpt"
+    run("2/5 KL-VAE", ["train_vqvae.py", *common, "--network_variant", "vae_s4t4_m", "--kl_loss_weight", 1e-4,
+                       "--batch_size", 8, "--lr", 1e-3, "--epochs", 1000, "--max_time", hms(a.minutes * 0.45),
+                       "--run_name", "demo_vae", "--log_every_n_steps", 20], vae)
+    latents = ROOT / f"data/latents/{a.name}__demo_vae_latents_16frames_train.npy"
+    run("3/5 latents", ["latents.py", *common, "--vae", vae, "--batch_size", 16, "--decode", 4], latents)
+    dit = runs / "iddpm/demo_dit/checkpoints/last.ckpt"
+    run("4/5 diffusion", ["iddpm.py", "--latents_input_file", latents, "--vae", vae, "--latent_frames_to_generate", 4,
+                          "--depth", 6, "--hidden_size", 192, "--num_heads", 6, "--patch_size", "1,1,1", "--batch_size", 16,
+                          "--lr", 5e-4, "--warmup_steps", 100, "--ema_decay", 0.999, "--max_steps", 100000, "--epochs", -1,
+                          "--max_time", hms(a.minutes * 0.55), "--sample_every", 0, "--checkpoint_every", 500,
+                          "--log_every", 20, "--num_workers", 1, "--run_name", "demo_dit"], dit)
+    run("5/5 sample", ["sample.py", "--checkpoint", dit, "--num_videos", a.num_videos, "--sampler", "dpm++", "--steps", 25,
+                       "--output_dir", out / "samples"], out / "samples" / "grid.gif")
+    if a.with_gpt:
+        vq = runs / "train_vqvae/demo_vq/checkpoints/last.ckpt"
+        run("+ VQ-VAE", ["train_vqvae.py", *common, "--network_variant", "s4t4_m_vq", "--n_codes", 1024,
+                         "--low_utilization_cost", 0.1, "--reinit_every_n_epochs", 1, "--batch_size", 8, "--lr", 1e-3,
+                         "--epochs", 1000, "--max_time", hms(a.minutes * 0.45), "--run_name", "demo_vq"], vq)
+        tokens = ROOT / f"data/latents/{a.name}__demo_vq_tokens_16frames_train.npy"
+        run("+ tokens", ["tokenize_videos.py", *common, "--vae", vq, "--batch_size", 16, "--decode", 2], tokens)
+        gpt = runs / "train_latent_nanogpt/demo_gpt/checkpoints/last.ckpt"
+        run("+ GPT", ["train_latent_nanogpt.py", "--tokens_input_file", tokens, "--block_size", 256, "--n_layer", 4,
+                      "--n_head", 4, "--n_embd", 256, "--dropout", 0.0, "--batch_size", 16, "--learning_rate", 1e-3,
+                      "--max_iters", 100000, "--lr_decay_iters", 3000, "--min_lr", 1e-4, "--max_time", hms(a.minutes * 0.55),
+                      "--eval_interval", 200, "--eval_iters", 4, "--sample_interval", 0, "--num_workers", 1,
+                      "--run_name", "demo_gpt"], gpt)
+    print(f"\n[demo] finished in {(time.time() - t0) / 60:.1f} min. Outputs:\n"
+          f"  videos:          {data}/{{train,val}}/*.mp4 (+ metadata.jsonl)\n"
+          f"  VAE:             {vae}  (recon samples: {vae.parent.parent / 'samples'})\n"
+          f"  latents:         {latents} (+ .json sidecar; decoded check: {latents.with_name(latents.stem + '_decoded')})\n"
+          f"  diffusion model: {dit}\n"
+          f"  samples:         {out / 'samples'}/grid.gif, grid.mp4, 000.mp4 ...")
+    if a.with_gpt:
+        print(f"  GPT samples:     {gpt.parent.parent / 'samples'}")
 
 
 if __name__ == "__main__":

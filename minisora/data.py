@@ -161,3 +161,87 @@ class VideoDataset(Dataset):
                     self.skipped.add(str(self.files[v]))
                     warnings.warn(f"skipping bad video ({len(self.skipped)} so far): {e}", stacklevel=2)
         raise VideoReadError(f"no readable video in {self.dir}")
+
+
+class LatentDataset(Dataset):
+    """Rows of a latents/tokens stage file (memory-mapped, never copied whole into RAM) as normalised
+    float latents (C, frames, h, w): a random temporal crop of `frames` latent frames (all valid starts),
+    tokens mapped to vectors through `codebook` (K, E), then (z - mean) / std per channel.
+    return_metadata adds `labels` (multi-hot digits) from the source split's metadata.jsonl."""
+
+    def __init__(self, array: np.ndarray, mean, std, frames: int | None = None, codebook: np.ndarray | None = None,
+                 random_crop: bool = True, labels: list[list[int]] | None = None):
+        self.array, self.codebook, self.labels = array, codebook, labels
+        self.tokens = np.issubdtype(array.dtype, np.integer)
+        if self.tokens and codebook is None:
+            raise ValueError("a tokens file needs the VAE codebook to turn codes into vectors")
+        t = array.shape[1] if self.tokens else array.shape[2]
+        self.frames = frames or t
+        if self.frames > t:
+            raise ValueError(f"cannot crop {self.frames} latent frames from rows of {t}")
+        self.t, self.random_crop = t, random_crop
+        self.mean = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1, 1)
+        self.std = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, i: int) -> dict:
+        s = int(torch.randint(0, self.t - self.frames + 1, ()).item()) if self.random_crop else 0
+        if self.tokens:
+            codes = np.asarray(self.array[i, s:s + self.frames]).astype(np.int64)
+            z = torch.from_numpy(self.codebook[codes]).permute(3, 0, 1, 2)  # (t, h, w, E) -> (E, t, h, w)
+        else:
+            z = torch.from_numpy(np.asarray(self.array[i, :, s:s + self.frames], np.float32))
+        item = {"latents": (z.float() - self.mean) / self.std, "index": i}
+        if self.labels is not None:
+            y = torch.zeros(10)
+            y[list(self.labels[i])] = 1.0
+            item["labels"] = y
+        return item
+
+
+def load_labels(split_directory: str | os.PathLike, files: list[str]) -> list[list[int]]:
+    """Digit labels per file (in the given order) from a split's metadata.jsonl."""
+    meta = Path(split_directory) / "metadata.jsonl"
+    if not meta.exists():
+        raise FileNotFoundError(f"digit labels need {meta} (written by generate_flying_mnist.py)")
+    by_file = {}
+    with open(meta) as f:
+        for line in f:
+            r = json.loads(line)
+            by_file[r["file"]] = r["labels"]
+    return [by_file[name] for name in files]
+
+
+class TokenWindows(Dataset):
+    """Training windows over videos of VQ codes: each row of a tokens file (N, t, h, w) is one video,
+    flattened to the sequence [BOS, c_0, c_1, ...]; an item is a random window of block_size + 1 tokens of
+    one video (windows never cross videos): x = window[:-1], y = window[1:], `start` = x's sequence position.
+    `samples_per_epoch` items are drawn per epoch (videos uniformly, offsets uniformly)."""
+
+    def __init__(self, array: np.ndarray, rows: range, block_size: int, bos: int, samples_per_epoch: int = 10000,
+                 only_predict_last: bool = False):
+        self.array, self.rows, self.block_size, self.bos = array, rows, block_size, bos
+        self.only_predict_last = only_predict_last
+        self.seq_len = int(np.prod(array.shape[1:])) + 1
+        if block_size + 1 > self.seq_len:
+            raise ValueError(f"block_size {block_size} + 1 > tokens per video + BOS ({self.seq_len})")
+        self.samples_per_epoch = samples_per_epoch
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch
+
+    def __getitem__(self, i: int) -> dict:
+        g = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ()).item()))
+        row = self.rows[int(torch.randint(0, len(self.rows), (), generator=g).item())]
+        start = int(torch.randint(0, self.seq_len - self.block_size, (), generator=g).item())
+        codes = np.asarray(self.array[row]).reshape(-1).astype(np.int64)
+        seq = np.concatenate([[self.bos], codes])[start:start + self.block_size + 1]
+        seq = torch.from_numpy(seq)
+        x, y = seq[:-1], seq[1:].clone()
+        if self.only_predict_last:  # a growing prefix predicts one next token: loss on a random position only
+            k = int(torch.randint(0, self.block_size, (), generator=g).item())
+            y[:k] = -1
+            y[k + 1:] = -1
+        return {"x": x, "y": y, "start": start, "row": row}

@@ -192,7 +192,7 @@ class GaussianDiffusion:
         """DDIM or DPM-Solver++ (2M) from diffusers, on this chain's betas (full chain only)."""
         from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
-        betas = torch.tensor(self.betas, dtype=torch.float32)
+        betas = self.betas.tolist()
         if sampler == "ddim":
             sched = DDIMScheduler(num_train_timesteps=self.num_timesteps, trained_betas=betas, clip_sample=False,
                                   set_alpha_to_one=False, timestep_spacing="trailing")

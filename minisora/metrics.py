@@ -12,7 +12,13 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Per-video SSIM (Gaussian window, per channel and frame, averaged), signals in [-1, 1]. Shape (B,)."""
+    """Per-video SSIM (Gaussian window, per channel and frame, averaged), signals in [-1, 1]. Shape (B,).
+    Always computed in fp32 (under bf16 autocast the variance terms cancel catastrophically)."""
+    with torch.autocast(x.device.type, enabled=False):
+        return _ssim(x, y, window, sigma)
+
+
+def _ssim(x, y, window, sigma):
     b, c, t, h, w = x.shape
     x = x.float().transpose(1, 2).reshape(b * t, c, h, w)
     y = y.float().transpose(1, 2).reshape(b * t, c, h, w)

@@ -131,3 +131,79 @@ def timestep_embedding(t, dim: int, max_period: float = 10000.0):
     if dim % 2:
         emb = F.pad(emb, (0, 1))
     return emb
+
+
+# ----------------------------------------------------------------------------- transformer blocks
+class Attention(nn.Module):
+    """Multi-head self-attention on (N, L, D) through F.scaled_dot_product_attention (flash / memory-
+    efficient kernels on GPU). Optional causal mask and KV cache are handled by callers (models/gpt.py)."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, zero_out: bool = False):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"hidden size {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        if zero_out:
+            nn.init.zeros_(self.proj.weight)
+            nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = rearrange(self.qkv(x), "n l (three h d) -> three n h l d", three=3, h=self.num_heads)
+        return self.proj(rearrange(F.scaled_dot_product_attention(q, k, v), "n h l d -> n l (h d)"))
+
+
+class Mlp(nn.Sequential):
+    def __init__(self, dim: int, ratio: float = 4.0):
+        hidden = int(dim * ratio)
+        super().__init__(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+
+
+class TimestepEmbedder(nn.Module):
+    """Sinusoid of the (base-chain) timestep -> MLP -> (B, D)."""
+
+    def __init__(self, dim: int, freq_dim: int = 256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        for m in self.mlp:
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.02)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(timestep_embedding(t, self.freq_dim).to(self.mlp[0].weight.dtype))
+
+
+class LabelEmbedder(nn.Module):
+    """Class labels -> (B, D); index num_classes is the 'no label' token used for classifier-free guidance.
+    Multi-hot labels (B, num_classes) are embedded as the mean of their classes."""
+
+    def __init__(self, num_classes: int, dim: int, dropout: float = 0.1):
+        super().__init__()
+        self.num_classes, self.dropout = num_classes, dropout
+        self.table = nn.Embedding(num_classes + 1, dim)
+        nn.init.normal_(self.table.weight, std=0.02)
+
+    def forward(self, y: torch.Tensor, train: bool) -> torch.Tensor:
+        if y.dim() == 2:  # multi-hot
+            emb = (y.float() @ self.table.weight[:-1]) / y.float().sum(1, keepdim=True).clamp_min(1)
+            null = self.table.weight[-1].expand_as(emb)
+            drop = torch.rand(len(y), device=y.device) < self.dropout if train else y.sum(1) == 0
+            return torch.where(drop[:, None], null, emb)
+        if train and self.dropout > 0:
+            y = torch.where(torch.rand(len(y), device=y.device) < self.dropout, torch.full_like(y, self.num_classes), y)
+        return self.table(y)
+
+
+def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
+    """Fixed sin-cos embedding (len(positions), dim): [sin | cos] over geometric frequencies."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2))
+    out = positions.double()[:, None] * omega[None]
+    return torch.cat([out.sin(), out.cos()], dim=1).float()
+
+
+def sincos_2d(dim: int, h: int, w: int) -> torch.Tensor:
+    """Fixed 2D sin-cos embedding (h * w, dim), row-major: half the channels encode y, half x."""
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    return torch.cat([sincos_1d(dim // 2, ys.flatten()), sincos_1d(dim // 2, xs.flatten())], dim=1)

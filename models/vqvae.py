@@ -96,7 +96,7 @@ def _p(ss, ts, channels, quantize=False, kl=False, num_res_blocks=1, res_blocks=
 # "_l" larger GPU models. "_tanh" upstream meant a tanh output; our decoders output linearly.
 _UP_A = dict(channels=(16, 32, 32), res_blocks=(0, 1, 0))
 _UP_B = dict(channels=(16, 48, 48), res_blocks=(0, 1, 0))
-_MID = dict(channels=(32, 96, 128), res_blocks=(0, 2, 1))
+_MID = dict(channels=(32, 96, 128), res_blocks=(1, 2, 1))
 PRESETS: dict[str, dict] = {
     "encode111111_decode111111": _p(1, 1, (32,)),
     "encode133111_decode111111": _p(1, 1, (32,)),

@@ -8,29 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, run
 from minisora.stagefile import StageWriter, load_stage, token_dtype
-
-
-def run(script, args, cwd, ok=True, timeout=300):
-    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True, cwd=cwd,
-                         env=env, timeout=timeout)
-    if ok:
-        assert out.returncode == 0, out.stderr[-3000:]
-    return out
-
-
-@pytest.fixture(scope="module")
-def tiny_vaes(tiny_data, tmp_path_factory):
-    """Two tiny project VAEs trained for a few steps on the tiny set: a VQ one (s8_b) and a KL one."""
-    out = tmp_path_factory.mktemp("runs")
-    common = ["--dataset", "tiny", "--data_dir", str(tiny_data), "--output_dir", str(out), "--resolution", "32",
-              "--sequence_length", "8", "--epochs", "1", "--limit_train_batches", "4", "--limit_val_batches", "0",
-              "--channels", "8", "8", "8", "--n_codes", "300", "--num_workers", "0", "--log_videos_every", "0"]
-    run("train_vqvae.py", common + ["--network_variant", "s8_b", "--run_name", "vq"], out)
-    run("train_vqvae.py", common + ["--network_variant", "vae_s4t4_b", "--run_name", "kl"], out)
-    return {k: out / f"train_vqvae/{k}/checkpoints/last.ckpt" for k in ("vq", "kl")}
 
 
 def test_project_vae_latents_round_trip(tiny_data, tiny_vaes, tmp_path):

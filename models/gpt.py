@@ -1,0 +1,181 @@
+"""nanoGPT-style decoder over flattened video code grids (frames x height x width), with absolute
+3D-factorised (or 1D) position embeddings -- a token keeps its (t, h, w) position wherever the training
+window or the sliding generation window starts -- SDPA attention, and KV-cache generation with
+temperature, top-k and top-p.
+
+Sequence layout: [BOS, c_0, c_1, ...] with codes in raster order; BOS = vocab_size - 1.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 5121           # n_codes + 1 (BOS)
+    grid: tuple[int, int, int] = (8, 64, 64)   # (t, h, w) of one video's code grid
+    block_size: int = 1024           # context window (tokens)
+    n_layer: int = 8
+    n_head: int = 6
+    n_embd: int = 768
+    dropout: float = 0.2
+    bias: bool = True
+    pos_emb: str = "3d"              # "3d": factorised t/h/w tables; "1d": one table over the whole video
+
+    def __post_init__(self):
+        self.grid = tuple(int(g) for g in self.grid)
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd {self.n_embd} not divisible by n_head {self.n_head}")
+
+    @property
+    def seq_len(self) -> int:
+        return math.prod(self.grid) + 1
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["grid"] = list(self.grid)
+        return d
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, c: GPTConfig):
+        super().__init__()
+        self.n_head, self.dropout = c.n_head, c.dropout
+        self.qkv = nn.Linear(c.n_embd, 3 * c.n_embd, bias=c.bias)
+        self.proj = nn.Linear(c.n_embd, c.n_embd, bias=c.bias)
+        self.resid_drop = nn.Dropout(c.dropout)
+
+    def forward(self, x, cache: dict | None = None):
+        q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.n_head)
+        if cache is not None:
+            if "k" in cache:  # decode step(s): attend to everything cached (all in the past)
+                k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
+            keep = cache["max"]  # sliding window: the oldest keys fall out
+            cache["k"], cache["v"] = k[:, :, -keep:], v[:, :, -keep:]
+        causal = q.shape[2] == k.shape[2]
+        if not causal and q.shape[2] > 1:  # several new tokens after a cached prefix
+            lq, lk = q.shape[2], k.shape[2]
+            mask = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(lk - lq)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal,
+                                               dropout_p=self.dropout if self.training else 0.0)
+        return self.resid_drop(self.proj(rearrange(y, "b h l d -> b l (h d)")))
+
+
+class Block(nn.Module):
+    def __init__(self, c: GPTConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(c.n_embd, bias=c.bias)
+        self.attn = CausalSelfAttention(c)
+        self.ln2 = nn.LayerNorm(c.n_embd, bias=c.bias)
+        self.mlp = nn.Sequential(nn.Linear(c.n_embd, 4 * c.n_embd, bias=c.bias), nn.GELU(),
+                                 nn.Linear(4 * c.n_embd, c.n_embd, bias=c.bias), nn.Dropout(c.dropout))
+
+    def forward(self, x, cache=None):
+        x = x + self.attn(self.ln1(x), cache)
+        return x + self.mlp(self.ln2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = c = config
+        self.wte = nn.Embedding(c.vocab_size, c.n_embd)
+        if c.pos_emb == "3d":
+            self.pos_t, self.pos_h, self.pos_w = (nn.Embedding(n, c.n_embd) for n in c.grid)
+        elif c.pos_emb == "1d":
+            self.pos = nn.Embedding(c.seq_len, c.n_embd)
+        else:
+            raise ValueError(f"pos_emb must be '3d' or '1d', got {c.pos_emb!r}")
+        self.drop = nn.Dropout(c.dropout)
+        self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layer))
+        self.ln_f = nn.LayerNorm(c.n_embd, bias=c.bias)
+        self.head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
+        self.head.weight = self.wte.weight  # weight tying
+        self.apply(self._init)
+        for name, p in self.named_parameters():
+            if name.endswith(("attn.proj.weight", "mlp.2.weight")):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * c.n_layer))
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def position(self, pos: torch.Tensor) -> torch.Tensor:
+        """Embedding of sequence positions (0 = BOS: no position; i >= 1 = code i - 1 of the grid)."""
+        if self.config.pos_emb == "1d":
+            return self.pos(pos)
+        t, h, w = self.config.grid
+        j = (pos - 1).clamp(min=0)
+        e = self.pos_t(j // (h * w)) + self.pos_h((j // w) % h) + self.pos_w(j % w)
+        return e * (pos > 0).unsqueeze(-1)
+
+    def forward(self, idx: torch.Tensor, start: int | torch.Tensor = 0, targets: torch.Tensor | None = None,
+                caches: list | None = None):
+        """idx (B, L) tokens whose first sits at sequence position `start` (int or (B,) tensor).
+        Returns (logits (B, L, V), loss or None)."""
+        b, l = idx.shape
+        start = torch.as_tensor(start, device=idx.device).view(-1, 1)
+        pos = start + torch.arange(l, device=idx.device)[None]
+        x = self.drop(self.wte(idx) + self.position(pos))
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, None if caches is None else caches[i])
+        logits = self.head(self.ln_f(x))
+        loss = None if targets is None else F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1)
+        return logits, loss
+
+    @torch.no_grad()
+    def generate(self, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, use_cache: bool = True, allowed: int | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Continue `prompt` (B, L0), whose first token is sequence position 0 (BOS). With use_cache the
+        window slides over a KV cache (constant cost per token); without it every step recomputes the
+        last block_size tokens (the reference). `allowed` restricts sampling to tokens < allowed (codes)."""
+        seq = prompt
+        bs = self.config.block_size
+        caches = [{"max": bs - 1} for _ in self.blocks] if use_cache else None
+        logits, _ = self(seq[:, -bs:], start=max(0, seq.shape[1] - bs), caches=caches)
+        for _ in range(max_new_tokens):
+            nxt = sample_logits(logits[:, -1].float(), temperature, top_k, top_p, allowed, generator)
+            seq = torch.cat([seq, nxt], 1)
+            if seq.shape[1] - prompt.shape[1] >= max_new_tokens:
+                break
+            if use_cache:
+                logits, _ = self(nxt, start=seq.shape[1] - 1, caches=caches)
+            else:
+                logits, _ = self(seq[:, -bs:], start=max(0, seq.shape[1] - bs))
+        return seq
+
+
+def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                  allowed: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, V) logits -> (B, 1) sampled tokens. temperature 0 = greedy."""
+    if allowed is not None:
+        logits = logits.clone()
+        logits[:, allowed:] = -float("inf")
+    if temperature == 0:
+        return logits.argmax(-1, keepdim=True)
+    logits = logits / temperature
+    if top_k:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, -float("inf"))
+    if top_p is not None and top_p < 1.0:
+        srt, order = torch.sort(logits, descending=True)
+        cum = srt.softmax(-1).cumsum(-1)
+        drop = cum - srt.softmax(-1) > top_p  # keep the smallest set whose mass reaches top_p
+        srt = srt.masked_fill(drop, -float("inf"))
+        logits = torch.full_like(logits, -float("inf")).scatter(1, order, srt)
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator)

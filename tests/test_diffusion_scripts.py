@@ -1,0 +1,114 @@
+"""Every seed command of train_dit.py / iddpm.py with tiny overrides, checkpoint -> sample.py, resume, DDP."""
+import csv
+
+import pytest
+import torch
+
+from conftest import run
+
+TINY_STDIT = ["--depth", "1", "--hidden_size", "32", "--num_heads", "2", "--max_steps", "3", "--batch_size", "2",
+              "--accumulate_grad_batches", "1", "--latent_frames_to_generate", "2", "--sample_every", "2",
+              "--sample_steps", "2", "--checkpoint_every", "2", "--log_every", "1", "--num_workers", "0"]
+
+SEED_IDDPM = [
+    "--batch_size 4 --accumulate_grad_batches 8 --latent_frames_to_generate 8 --diffusion_steps 1000 --max_steps 1000000 "
+    "--log_every 50 --sample_every 2000 --clip_grad 1.0 --vae {kl} --latents_input_file {latents} --track",
+    "--batch_size 1 --accumulate_grad_batches 32 --depth 16 --num_heads 12 --hidden_size 768 --max_steps 1000000 --log_every 50 "
+    "--sample_every 2000 --diffusion_steps 1000 --clip_grad 1.0 --latent_frames_to_generate 8 --tokens_input_file {tokens} "
+    "--vae {vq} --track",
+    "--batch_size 1 --accumulate_grad_batches 32 --depth 16 --num_heads 12 --hidden_size 768 --max_steps 1000000 --log_every 500 "
+    "--sample_every 5000 --checkpoint_every 500000 --diffusion_steps 1000 --clip_grad 1.0 --latent_frames_to_generate 32 "
+    "--latents_input_file {latents} --vae {kl} --resume_from {resume} --track",
+]
+
+
+def _fmt(cmd, **kw):
+    return cmd.format(**kw).split()
+
+
+@pytest.fixture(scope="module")
+def first_iddpm(tiny_vaes, tiny_stage_files, tmp_path_factory):
+    out = tmp_path_factory.mktemp("iddpm")
+    args = _fmt(SEED_IDDPM[0], kl=tiny_vaes["kl"], latents=tiny_stage_files["latents"])
+    res = run("iddpm.py", args + TINY_STDIT + ["--output_dir", out, "--run_name", "a"], out)
+    return out / "iddpm/a", res
+
+
+def test_iddpm_seed_command_latents(first_iddpm):
+    d, res = first_iddpm
+    ckpt = torch.load(d / "checkpoints/last.ckpt", weights_only=True)
+    meta = ckpt["minisora"]
+    assert meta["kind"] == "stdit" and meta["diffusion"]["respace"] == 1000 and meta["config"]["learn_sigma"]
+    assert len(meta["latent"]["mean"]) == 4 and meta["latent"]["shape"] == [4, 2, 8, 8]
+    assert any(k.startswith("ema.") for k in ckpt["state_dict"]) and ckpt["global_step"] == 3
+    assert (d / "checkpoints/step0000002.ckpt").exists()
+    rows = list(csv.DictReader(open(d / "metrics.csv")))
+    assert any(r.get("train/loss") for r in rows) and any(r.get(f"train/loss_q{k}") for r in rows for k in range(4))
+    assert list((d / "samples").glob("sample_step0000002.mp4")) and list((d / "samples").glob("*.gif"))
+    assert "sample.py --checkpoint" in res.stdout
+
+
+def test_iddpm_seed_command_tokens(tiny_vaes, tiny_stage_files, tmp_path):
+    args = _fmt(SEED_IDDPM[1], vq=tiny_vaes["vq"], tokens=tiny_stage_files["tokens"])
+    run("iddpm.py", args + TINY_STDIT + ["--output_dir", tmp_path, "--run_name", "tok"], tmp_path)
+    ckpt = torch.load(tmp_path / "iddpm/tok/checkpoints/last.ckpt", weights_only=True)
+    assert ckpt["minisora"]["latent"]["shape"] == [4, 2, 8, 8]
+
+
+def test_iddpm_resume_continues(first_iddpm, tiny_vaes, tiny_stage_files, tmp_path):
+    d, _ = first_iddpm
+    args = _fmt(SEED_IDDPM[2], kl=tiny_vaes["kl"], latents=tiny_stage_files["latents"], resume=d / "checkpoints/last.ckpt")
+    over = TINY_STDIT[:TINY_STDIT.index("--max_steps")] + ["--max_steps", "5"] + TINY_STDIT[TINY_STDIT.index("--max_steps") + 2:]
+    out = run("iddpm.py", args + over + ["--output_dir", tmp_path, "--run_name", "b"], tmp_path)
+    before = torch.load(d / "checkpoints/last.ckpt", weights_only=True)
+    after = torch.load(tmp_path / "iddpm/b/checkpoints/last.ckpt", weights_only=True)
+    assert after["global_step"] == 5  # continued from step 3, not restarted
+    opt_b, opt_a = before["optimizer_states"][0]["state"], after["optimizer_states"][0]["state"]
+    assert int(opt_a[0]["step"]) == int(opt_b[0]["step"]) + 2  # optimizer state restored, then advanced
+    assert "Restoring states from the checkpoint" in out.stdout + out.stderr
+
+
+def test_train_dit_seed_command_own_vae(tiny_data, tiny_vaes, tmp_path):
+    seed = ("--model Latte-S/2 --vae_model {kl} --batch_size 2 --num_clips_per_video 10 --lr 0.00002 --resolution 256 "
+            "--sequence_length 4 --latent_input_size 64 --ae_temporal_stride 4 --ae_spatial_stride 4 --learn_sigma "
+            "--ckpt_every 1000000 --sample_every 2000 --log_every 20 --epochs 100 --track")
+    tiny = ["--model", "Latte-T/2", "--dataset", "tiny", "--data_dir", tiny_data, "--resolution", "32",
+            "--sequence_length", "2", "--latent_input_size", "8", "--num_clips_per_video", "1", "--max_steps", "2",
+            "--sample_every", "2", "--sample_steps", "2", "--log_every", "1", "--num_workers", "0",
+            "--latent_stat_batches", "2", "--output_dir", tmp_path, "--run_name", "dit"]
+    run("train_dit.py", _fmt(seed, kl=tiny_vaes["kl"]) + tiny, tmp_path)
+    ckpt = torch.load(tmp_path / "train_dit/dit/checkpoints/last.ckpt", weights_only=True)
+    assert ckpt["minisora"]["kind"] == "latte" and ckpt["minisora"]["config"]["num_frames"] == 2
+    assert ckpt["minisora"]["latent"]["shape"] == [4, 2, 8, 8] and ckpt["global_step"] == 2
+    # the checkpoint alone is enough to sample, with each sampler
+    for sampler, steps in (("ddim", 3), ("dpm++", 3), ("ddpm", 4)):
+        out = run("sample.py", ["--checkpoint", tmp_path / "train_dit/dit/checkpoints/last.ckpt", "--num_videos", "2",
+                                "--sampler", sampler, "--steps", steps, "--output_dir", tmp_path / sampler], tmp_path)
+        assert (tmp_path / sampler / "grid.gif").exists() and (tmp_path / sampler / "001.mp4").exists(), out.stdout
+    bad = run("train_dit.py", _fmt(seed, kl=tiny_vaes["kl"]) + tiny[:-2] + ["--latent_input_size", "16"], tmp_path, ok=False)
+    assert bad.returncode != 0 and "--latent_input_size 16" in bad.stderr
+
+
+def test_train_dit_seed_command_sd_vae(tiny_data, tmp_path):
+    from diffusers import AutoencoderKL
+    torch.manual_seed(0)
+    AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4,
+                  scaling_factor=0.18215).save_pretrained(tmp_path / "sd-vae-tiny")
+    seed = ("--model Latte-T/2 --batch_size 2 --lr 0.00002 --resolution 256 --sequence_length 4 --latent_input_size 32 "
+            "--ae_temporal_stride 1 --ae_spatial_stride 8 --learn_sigma --ckpt_every 1000000 --sample_every 5000 "
+            "--log_every 100 --epochs 10000 --track").split()
+    tiny = ["--vae_model", tmp_path / "sd-vae-tiny", "--ae_spatial_stride", "2", "--dataset", "tiny", "--data_dir", tiny_data,
+            "--resolution", "16", "--sequence_length", "2", "--latent_input_size", "8", "--max_steps", "2",
+            "--num_clips_per_video", "1", "--sample_every", "0", "--num_workers", "0", "--latent_stat_batches", "1",
+            "--output_dir", tmp_path, "--run_name", "sd"]
+    run("train_dit.py", seed + tiny, tmp_path)
+    assert torch.load(tmp_path / "train_dit/sd/checkpoints/last.ckpt", weights_only=True)["global_step"] == 2
+
+
+def test_iddpm_two_process_ddp(tiny_vaes, tiny_stage_files, tmp_path):
+    args = _fmt(SEED_IDDPM[0], kl=tiny_vaes["kl"], latents=tiny_stage_files["latents"])
+    out = run("iddpm.py", args + TINY_STDIT + ["--output_dir", tmp_path, "--run_name", "ddp", "--accelerator", "cpu",
+                                               "--devices", "2", "--sample_every", "0"], tmp_path)
+    assert "Starting with 2 processes" in out.stdout + out.stderr
+    assert torch.load(tmp_path / "iddpm/ddp/checkpoints/last.ckpt", weights_only=True)["global_step"] == 3

@@ -1,0 +1,117 @@
+"""GPT / Mamba on VQ codes: KV cache == recompute, causality, overfit, seed commands, checkpoint -> sample, resume."""
+import csv
+
+import pytest
+import torch
+
+from conftest import run
+from models.gpt import GPT, GPTConfig, sample_logits
+from models.mamba import MambaConfig, MambaLM, selective_scan, selective_scan_ref
+
+
+def tiny_gpt(**kw):
+    torch.manual_seed(0)
+    return GPT(GPTConfig(**{**dict(vocab_size=33, grid=(2, 4, 4), block_size=12, n_layer=2, n_head=2, n_embd=32,
+                                   dropout=0.0), **kw})).eval()
+
+
+@pytest.mark.parametrize("pos_emb", ["3d", "1d"])
+def test_kv_cache_matches_full_recompute(pos_emb):
+    m = tiny_gpt(pos_emb=pos_emb)
+    prompt = torch.tensor([[32, 5, 7, 1], [32, 2, 2, 9]])
+    a = m.generate(prompt, 8, temperature=0, use_cache=True)  # 12 tokens = block_size
+    b = m.generate(prompt, 8, temperature=0, use_cache=False)
+    assert a.shape == (2, 12) and torch.equal(a, b)
+    caches = [{"max": 11} for _ in m.blocks]
+    m(a[:, :4], start=0, caches=caches)
+    for i in range(4, 12):  # each cached decode step gives the logits of a full forward pass
+        step, _ = m(a[:, i:i + 1], start=i, caches=caches)
+        full, _ = m(a[:, :i + 1], start=0)
+        assert torch.allclose(step[:, -1], full[:, -1], atol=1e-5)
+    # past block_size the window slides: every token keeps its absolute position, codes stay in range
+    long = m.generate(prompt, 29, temperature=1.0, top_k=10, allowed=32, generator=torch.Generator().manual_seed(0))
+    assert long.shape == (2, 33) and int(long[:, 1:].max()) < 32
+
+
+def test_no_future_leakage():
+    m = tiny_gpt()
+    x = torch.randint(0, 32, (1, 12))
+    y = x.clone()
+    y[0, 7:] = torch.randint(0, 32, (5,))
+    la, _ = m(x)
+    lb, _ = m(y)
+    assert torch.allclose(la[:, :7], lb[:, :7], atol=1e-6) and not torch.allclose(la[:, 7:], lb[:, 7:])
+
+
+def test_sampling_filters():
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0, 10.0]])
+    g = torch.Generator().manual_seed(0)
+    assert sample_logits(logits, 0) == 4
+    assert {int(sample_logits(logits, 1.0, top_k=2, generator=g)) for _ in range(50)} <= {3, 4}
+    assert {int(sample_logits(logits, 1.0, allowed=3, generator=g)) for _ in range(50)} <= {0, 1, 2}
+    assert {int(sample_logits(logits, 1.0, top_p=0.5, generator=g)) for _ in range(20)} == {4}
+
+
+def test_loss_falls_on_tiny_overfit():
+    m = tiny_gpt().train()
+    x = torch.randint(0, 32, (4, 12))
+    opt = torch.optim.AdamW(m.parameters(), 3e-3)
+    first = m(x[:, :-1], targets=x[:, 1:])[1].item()
+    for _ in range(100):
+        loss = m(x[:, :-1], targets=x[:, 1:])[1]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.3 * first
+
+
+def test_mamba_scan_matches_naive_loop_and_recurrence():
+    torch.manual_seed(0)
+    b, d, l, n = 2, 6, 45, 4
+    u, delta, A = torch.randn(b, d, l), torch.rand(b, d, l), -torch.rand(d, n) * 3
+    B, C, D = torch.randn(b, n, l), torch.randn(b, n, l), torch.randn(d)
+    y1, h1 = selective_scan_ref(u, delta, A, B, C, D)
+    y2, h2 = selective_scan(u, delta, A, B, C, D, chunk=16)
+    assert torch.allclose(y1, y2, atol=1e-4) and torch.allclose(h1, h2, atol=1e-5)
+    m = MambaLM(MambaConfig(vocab_size=20, d_model=16, n_layer=2)).eval()
+    x = torch.randint(0, 20, (2, 10))
+    full, _ = m(x)
+    states = [{} for _ in m.blocks]
+    steps = torch.cat([m(x[:, i:i + 1], states=states)[0] for i in range(10)], 1)
+    assert torch.allclose(full, steps, atol=1e-5)
+    out = m.generate(x[:, :2], 6, temperature=0.8, top_k=5, allowed=19, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (2, 8) and int(out[:, 2:].max()) < 19
+
+
+TINY_LM = ["--batch_size", "4", "--gradient_accumulation_steps", "1", "--max_iters", "4", "--eval_interval", "2",
+           "--eval_iters", "1", "--log_interval", "1", "--sample_interval", "4", "--num_workers", "0",
+           "--warmup_iters", "1", "--lr_decay_iters", "4"]
+
+
+@pytest.mark.parametrize("script,seed,tiny", [
+    ("train_latent_nanogpt.py", "--block_size 512 --sample_interval 2000 --batch_size 8 --gradient_accumulation_steps 4 "
+     "--max_iters 10000000 --wandb_log", ["--block_size", "64", "--n_layer", "1", "--n_head", "2", "--n_embd", "32"]),
+    ("train_latent_mdgpt.py", "--block_size 512 --sparse_block_size 512 --sample_interval 1000 --num_latent_frames 8 "
+     "--batch_size 8 --gradient_accumulation_steps 4 --use_1d_pos_emb --max_iters 100000000 --only_predict_last --wandb_log",
+     ["--block_size", "64", "--sparse_block_size", "48", "--num_latent_frames", "1", "--n_layer", "1", "--n_head", "2",
+      "--n_embd", "32"]),
+    ("train_latent_mamba.py", "--n_layer 32 --n_embed 1280 --batch_size 8 --gradient_accumulation_steps 1 --block_size 512 --track",
+     ["--n_layer", "1", "--n_embed", "32", "--block_size", "64"]),
+])
+def test_seed_commands_run_with_tiny_overrides(script, seed, tiny, tiny_stage_files, tmp_path):
+    name = script.split("_")[-1].split(".")[0]
+    out = run(script, seed.split() + ["--tokens_input_file", tiny_stage_files["tokens"]] + TINY_LM + tiny +
+              ["--output_dir", tmp_path, "--run_name", name], tmp_path)
+    d = tmp_path / script[:-3] / name
+    ckpt = torch.load(d / "checkpoints/last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 4 and ckpt["minisora"]["n_codes"] == 300
+    assert ckpt["minisora"]["grid"] == ([1, 8, 8] if name == "mdgpt" else [2, 8, 8])
+    rows = list(csv.DictReader(open(d / "metrics.csv")))
+    assert any(r.get("val/loss") for r in rows) and any(r.get("train/loss") for r in rows)
+    assert list((d / "samples").glob("sample_*.mp4")) and "samples:" in out.stdout
+    assert (d / "checkpoints/best.ckpt").exists()
+    if name == "nanogpt":  # resume continues from step 4
+        more = TINY_LM[:TINY_LM.index("--max_iters")] + ["--max_iters", "6"] + TINY_LM[TINY_LM.index("--max_iters") + 2:]
+        run(script, ["--tokens_input_file", tiny_stage_files["tokens"]] + more + tiny +
+            ["--output_dir", tmp_path, "--run_name", "resumed", "--resume_from", d / "checkpoints/last.ckpt"], tmp_path)
+        assert torch.load(tmp_path / script[:-3] / "resumed/checkpoints/last.ckpt", weights_only=True)["global_step"] == 6

@@ -1,0 +1,39 @@
+"""Train a Mamba language model on the VQ codes of videos; sample with recurrent states (constant cost per
+token) using temperature / top-k / top-p (upstream sampled greedily and never saved a checkpoint).
+
+  python train_latent_mamba.py --n_layer 32 --n_embed 1280 --batch_size 8 --gradient_accumulation_steps 1 --block_size 512 --track
+
+Uses the mamba-ssm CUDA kernels when installed (Dockerfile: --build-arg WITH_MAMBA_KERNELS=1), else a
+pure-PyTorch selective scan. Windows never cross video boundaries.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from minisora.lit_gpt import add_lm_args, fit_lm, load_tokens
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+    m = p.add_argument_group("model")
+    m.add_argument("--n_layer", type=int, default=8)
+    m.add_argument("--n_embed", "--n_embd", dest="n_embed", type=int, default=768, help="d_model (upstream spells it n_embed)")
+    m.add_argument("--d_state", type=int, default=16)
+    m.add_argument("--d_conv", type=int, default=4)
+    m.add_argument("--expand", type=int, default=2)
+    m.add_argument("--no_kernels", action="store_true", help="force the pure-PyTorch scan even if mamba-ssm is installed")
+    add_lm_args(p)
+    p.set_defaults(eval_interval=100, eval_iters=20, sample_interval=1000, min_lr=1e-5, weight_decay=0.01)
+    a = p.parse_args(argv)
+    try:
+        arr, meta, n_codes, vae = load_tokens(a)
+    except (ValueError, FileNotFoundError, ConnectionError) as e:
+        sys.exit(f"error: {e}")
+    cfg = dict(vocab_size=n_codes + 1, d_model=a.n_embed, n_layer=a.n_layer, d_state=a.d_state, d_conv=a.d_conv,
+               expand=a.expand, use_kernels=not a.no_kernels)
+    fit_lm(a, "mamba", cfg, arr, n_codes, vae, "train_latent_mamba")
+
+
+if __name__ == "__main__":
+    main()
