@@ -177,8 +177,8 @@ def fit(a, module: "LitDiffusion", train_data, out, script: str, callbacks=()) -
                         persistent_workers=a.num_workers > 0)
     resume = str(resolve_checkpoint_path(a.resume_from)) if a.resume_from else None
     trainer.fit(module, loader, ckpt_path=resume)
+    trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")  # every rank: it synchronises, rank 0 writes
     if trainer.is_global_zero:
-        trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
         path = module.sample_and_save(f"final_step{module.global_step:07d}")
         print(f"[{script}] done at step {module.global_step}. checkpoint: {out / 'checkpoints' / 'last.ckpt'}\n"
               f"[{script}] samples: {path or out / 'samples'}  metrics: {out / 'metrics.csv'}\n"

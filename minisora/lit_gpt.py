@@ -89,7 +89,11 @@ class LitLM(L.LightningModule):
             cont = self.sample_codes(1, p, seed=self.global_step + 1)
             videos.append(self.vae.decode_codes(cont.to(self.vae.device))[0])
         path = save_video_grid(videos, Path(self.hparams.sample_dir) / f"sample_{tag}.mp4", fps=5)
-        self.log("sample/tokens_per_s", n * math.prod(self.hparams.grid) / dt)
+        rate = n * math.prod(self.hparams.grid) / dt
+        print(f"[sample] {n} video(s), {rate:.1f} tokens/s -> {path}")
+        if self.trainer is not None:
+            for lg in self.trainer.loggers:
+                lg.log_metrics({"sample/tokens_per_s": rate}, step=self.global_step)
         log_video(self.trainer, "sampled/generated_video", path, self.global_step, fps=5)
         return path
 
@@ -215,8 +219,8 @@ def fit_lm(a, kind: str, model_config: dict, arr, n_codes: int, vae, script: str
               persistent_workers=a.num_workers > 0)
     resume = str(resolve_checkpoint_path(a.resume_from)) if a.resume_from else None
     trainer.fit(module, DataLoader(train, **kw), DataLoader(val, **kw), ckpt_path=resume)
+    trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")  # every rank: it synchronises, rank 0 writes
     if trainer.is_global_zero:
-        trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
         path = module.sample_and_save(f"final_step{module.global_step:07d}")
         print(f"[{script}] done at step {module.global_step}, val/loss {float(trainer.callback_metrics.get('val/loss', float('nan'))):.4f}."
               f" checkpoint: {out / 'checkpoints' / 'last.ckpt'}\n[{script}] samples: {path or out / 'samples'}")
