@@ -1,0 +1,275 @@
+"""How good are generated Flying MNIST videos, in numbers.
+
+* FMD  -- Fréchet distance between features of generated and real videos, from a small spatio-temporal
+  network trained here on real Flying MNIST (supervised by the generator's metadata: which digits are
+  present, how many, how fast they move, and whether the frames are in order). Reported with the
+  real-vs-real floor and a bootstrap confidence interval.
+* legibility -- digits found per frame (connected components of the foreground) and classified by an MNIST
+  CNN trained on the bundled digits: the fraction classified with confidence >= 0.9.
+* temporal consistency -- digits tracked across frames: identity switches (class changes along a track)
+  and the median acceleration in pixels (a constant-velocity-with-bounce motion has ~0 away from bounces).
+* FVD (I3D) -- when given the StyleGAN-V I3D TorchScript detector.
+
+Videos here are uint8 (N, T, H, W, 3) numpy arrays or float (N, 3, T, H, W) in [-1, 1] tensors.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+FEAT_T, FEAT_R = 16, 64  # the feature network sees 16 frames at 64²
+
+
+def to_float(videos: np.ndarray) -> torch.Tensor:
+    """uint8 (N, T, H, W, 3) -> float (N, 3, T, H, W) in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(videos)).permute(0, 4, 1, 2, 3).float().div(127.5).sub(1)
+
+
+def fit_clip(x: torch.Tensor, t: int = FEAT_T, r: int = FEAT_R) -> torch.Tensor:
+    """Resample (N, 3, T, H, W) to t frames at r² (frames repeated or subsampled evenly)."""
+    idx = torch.linspace(0, x.shape[2] - 1, t).round().long()
+    x = x[:, :, idx]
+    if x.shape[-1] != r:
+        n = x.shape[0]
+        x = F.interpolate(x.transpose(1, 2).flatten(0, 1), size=(r, r), mode="bilinear", antialias=True,
+                          align_corners=False).view(n, t, 3, r, r).transpose(1, 2)
+    return x
+
+
+# ------------------------------------------------------------------------------------ feature net
+class FeatureNet(nn.Module):
+    """Small 3D CNN -> 256-d features; heads: digits present (10), digit count, mean speed, frames-in-order."""
+
+    def __init__(self, width: int = 32, dim: int = 256):
+        super().__init__()
+        w = width
+
+        def block(i, o, s):
+            return nn.Sequential(nn.Conv3d(i, o, 3, s, 1), nn.GroupNorm(8, o), nn.SiLU())
+        self.body = nn.Sequential(block(3, w, (1, 2, 2)), block(w, 2 * w, (2, 2, 2)), block(2 * w, 4 * w, (2, 2, 2)),
+                                  block(4 * w, 4 * w, (2, 2, 2)), block(4 * w, dim, (1, 2, 2)))
+        self.heads = nn.Linear(dim, 10 + 1 + 1 + 1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(fit_clip(x)).mean((2, 3, 4))
+
+    def forward(self, x):
+        return self.heads(self.features(x))
+
+
+def _targets(meta: dict, resolution: int) -> torch.Tensor:
+    y = torch.zeros(10 + 2)
+    y[meta["labels"]] = 1
+    y[10] = len(meta["labels"]) / 2.0
+    v = np.asarray(meta["velocities"], np.float64)  # (digits, frames, 2) in generated-frame pixels
+    y[11] = float(np.linalg.norm(v, axis=-1).mean()) * FEAT_R / meta["resolution"] / 4.0
+    return y
+
+
+def train_feature_net(dataset, steps: int = 300, batch_size: int = 16, seed: int = 0, log=print) -> FeatureNet:
+    """Train FeatureNet on a VideoDataset(return_metadata=...) whose split has metadata.jsonl."""
+    import json
+
+    from torch.utils.data import DataLoader
+    torch.manual_seed(seed)
+    meta = {json.loads(line)["file"]: json.loads(line) for line in open(dataset.dir / "metadata.jsonl")}
+    net = FeatureNet()
+    opt = torch.optim.AdamW(net.parameters(), 2e-3, weight_decay=0.01)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=1, drop_last=True)
+    step = 0
+    while step < steps:
+        for batch in loader:
+            x = fit_clip(batch["video"].float().div(127.5).sub(1) if batch["video"].dtype == torch.uint8 else batch["video"])
+            y = torch.stack([_targets(meta[dataset.files[i].relative_to(dataset.dir).as_posix()], 0) for i in batch["index"]])
+            shuffled = torch.rand(len(x)) < 0.5
+            for j in torch.nonzero(shuffled).flatten():
+                x[j] = x[j][:, torch.randperm(x.shape[2])]
+            out = net(x)
+            loss = (F.binary_cross_entropy_with_logits(out[:, :10], y[:, :10]) + F.mse_loss(out[:, 10:12], y[:, 10:12])
+                    + F.binary_cross_entropy_with_logits(out[:, 12], (~shuffled).float()))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+            if step % 50 == 0:
+                log(f"[features] step {step}/{steps} loss {loss.item():.3f}")
+            if step >= steps:
+                break
+    return net.eval()
+
+
+@torch.no_grad()
+def extract_features(net: FeatureNet, videos: torch.Tensor, batch: int = 16) -> np.ndarray:
+    return torch.cat([net.features(videos[i:i + batch]) for i in range(0, len(videos), batch)]).double().numpy()
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """||mu_a - mu_b||² + Tr(S_a + S_b - 2 (S_a S_b)^½), with the trace term from the eigenvalues of
+    S_a^½ S_b S_a^½ (symmetric PSD: stable, no complex sqrtm)."""
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    w, v = np.linalg.eigh(sa)
+    ra = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh(ra @ sb @ ra), 0, None)).sum()
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(sa) + np.trace(sb) - 2 * cross)
+
+
+def fd_with_ci(a: np.ndarray, b: np.ndarray, n_boot: int = 50, seed: int = 0) -> tuple[float, float, float]:
+    """Fréchet distance and a 90% bootstrap interval (resampling both sets)."""
+    rng = np.random.default_rng(seed)
+    boots = [frechet_distance(a[rng.integers(0, len(a), len(a))], b[rng.integers(0, len(b), len(b))]) for _ in range(n_boot)]
+    return frechet_distance(a, b), float(np.percentile(boots, 5)), float(np.percentile(boots, 95))
+
+
+# ------------------------------------------------------------------------------------ legibility
+class DigitCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                 nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                 nn.Flatten(), nn.Linear(64 * 49, 128), nn.ReLU(), nn.Linear(128, 10))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def train_digit_classifier(epochs: int = 3, seed: int = 0, log=print) -> tuple[DigitCNN, float]:
+    """MNIST CNN on the bundled 10k digits (9k train / 1k held out), with light scale/shift augmentation.
+    Returns (model, held-out accuracy)."""
+    from minisora.flying_mnist import load_digits
+
+    torch.manual_seed(seed)
+    images, labels = load_digits("bundled")
+    x = torch.from_numpy(images).float().div(255).unsqueeze(1)
+    y = torch.from_numpy(labels).long()
+    perm = torch.randperm(len(x))
+    tr, te = perm[:9000], perm[9000:]
+    net = DigitCNN()
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    for ep in range(epochs):
+        for i in range(0, len(tr), 128):
+            idx = tr[i:i + 128]
+            xb = normalise_digit_crops(x[idx])  # same preprocessing as the crops found in frames
+            loss = F.cross_entropy(net(xb), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    net.eval()
+    with torch.no_grad():
+        acc = (net(normalise_digit_crops(x[te])).argmax(1) == y[te]).float().mean().item()
+    log(f"[legibility] digit classifier held-out accuracy {acc:.3f}")
+    return net, acc
+
+
+def normalise_digit_crops(crops: torch.Tensor) -> torch.Tensor:
+    """(N, 1, h, w) grey in [0, 1] -> (N, 1, 28, 28): tight box, longest side scaled to 20 px, centred (MNIST style)."""
+    out = torch.zeros(len(crops), 1, 28, 28)
+    for i, c in enumerate(crops):
+        ys, xs = torch.nonzero(c[0] > 0.2, as_tuple=True)
+        if len(ys) == 0:
+            continue
+        c = c[:, ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+        h, w = c.shape[1:]
+        s = 20.0 / max(h, w)
+        nh, nw = max(1, round(h * s)), max(1, round(w * s))
+        c = F.interpolate(c[None], size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)[0]
+        c = c / c.max().clamp_min(1e-6)
+        top, left = (28 - nh) // 2, (28 - nw) // 2
+        out[i, :, top:top + nh, left:left + nw] = c
+    return out
+
+
+def connected_components(mask: torch.Tensor, iters: int | None = None) -> torch.Tensor:
+    """8-connected labels of a boolean (N, H, W) mask by max-label propagation (0 = background)."""
+    n, h, w = mask.shape
+    lab = torch.arange(1, h * w + 1, dtype=torch.float32).view(1, h, w).expand(n, h, w).clone() * mask
+    for _ in range(iters or h + w):
+        new = F.max_pool2d(lab[:, None], 3, 1, 1)[:, 0] * mask
+        if torch.equal(new, lab):
+            break
+        lab = new
+    return lab.long()
+
+
+@torch.no_grad()
+def find_digits(frames: np.ndarray, classifier: DigitCNN, threshold: int = 60, min_area: int = 6):
+    """Per frame of uint8 (T, H, W, 3): list of (cy, cx, class, confidence, area) for each component."""
+    grey = torch.from_numpy(frames.max(-1).astype(np.float32) / 255.0)
+    labels = connected_components(grey > threshold / 255.0)
+    out = []
+    for t in range(len(frames)):
+        comps, crops = [], []
+        for lab in torch.unique(labels[t]):
+            if lab == 0:
+                continue
+            ys, xs = torch.nonzero(labels[t] == lab, as_tuple=True)
+            if len(ys) < min_area:
+                continue
+            box = grey[t, ys.min():ys.max() + 1, xs.min():xs.max() + 1] * (labels[t, ys.min():ys.max() + 1, xs.min():xs.max() + 1] == lab)
+            crops.append(box[None])
+            comps.append((ys.float().mean().item(), xs.float().mean().item(), len(ys)))
+        if crops:
+            p = classifier(normalise_digit_crops(crops)).softmax(1) if len(crops) else None
+            conf, cls = p.max(1)
+            out.append([(cy, cx, int(k), float(c), a) for (cy, cx, a), k, c in zip(comps, cls, conf)])
+        else:
+            out.append([])
+    return out
+
+
+def legibility_and_motion(videos: np.ndarray, classifier: DigitCNN, conf: float = 0.9, max_jump: float | None = None) -> dict:
+    """Legibility, digits per frame, identity switches per tracked step, and median |acceleration| (px)."""
+    n_comp = n_leg = switches = steps = 0
+    accel = []
+    for v in videos:
+        dets = find_digits(v, classifier)
+        jump = max_jump or v.shape[1] / 6
+        for d in dets:
+            n_comp += len(d)
+            n_leg += sum(c >= conf for *_, c, _ in d)
+        tracks = [[det] for det in dets[0]]
+        for d in dets[1:]:
+            free = list(d)
+            for tr in tracks:
+                if not free or tr[-1] is None:
+                    continue
+                cy, cx = tr[-1][0], tr[-1][1]
+                j = min(range(len(free)), key=lambda k: (free[k][0] - cy) ** 2 + (free[k][1] - cx) ** 2)
+                if math.dist((free[j][0], free[j][1]), (cy, cx)) <= jump:
+                    steps += 1
+                    switches += int(free[j][2] != tr[-1][2]) if min(free[j][3], tr[-1][3]) >= conf else 0
+                    tr.append(free.pop(j))
+                else:
+                    tr.append(None)
+            tracks += [[det] for det in free]
+        for tr in tracks:
+            pts = []
+            for det in tr:
+                if det is None:
+                    break
+                pts.append((det[0], det[1]))
+            p = np.asarray(pts)
+            if len(p) >= 4:
+                vel = np.diff(p, axis=0)
+                acc = np.abs(np.diff(vel, axis=0))
+                flips = (np.sign(vel[1:]) != np.sign(vel[:-1])) & (np.abs(vel[1:]) > 0.5)
+                acc = np.where(flips, np.nan, acc)  # a bounce flips a velocity component: not a violation
+                accel.extend(acc[~np.isnan(acc)].tolist())
+    frames = sum(len(v) for v in videos)
+    return {"legibility": n_leg / max(n_comp, 1), "digits_per_frame": n_comp / max(frames, 1),
+            "identity_switch_rate": switches / max(steps, 1), "motion_residual_px": float(np.median(accel)) if accel else float("nan")}
+
+
+# ------------------------------------------------------------------------------------------ FVD
+@torch.no_grad()
+def i3d_features(detector_path: str | Path, videos: torch.Tensor, batch: int = 8) -> np.ndarray:
+    """Features of the StyleGAN-V I3D TorchScript detector (i3d_torchscript.pt): input (B, 3, T, H, W) in
+    [-1, 1], called with rescale=False, resize=True, return_features=True, as StyleGAN-V's FVD does."""
+    det = torch.jit.load(str(detector_path)).eval()
+    feats = [det(videos[i:i + batch], rescale=False, resize=True, return_features=True) for i in range(0, len(videos), batch)]
+    return torch.cat(feats).double().numpy()

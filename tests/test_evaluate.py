@@ -1,0 +1,92 @@
+"""Metric sanity: real-vs-real FMD small and real-vs-noise large; shuffled frames worsen the motion score;
+legibility high on real frames and low on noise; evaluate.py runs and writes its JSON; FD maths; I3D path."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run
+from minisora.data import VideoDataset
+from minisora.evaluation import (connected_components, extract_features, fd_with_ci, frechet_distance,
+                                 legibility_and_motion, to_float, train_digit_classifier, train_feature_net)
+
+
+@pytest.fixture(scope="module")
+def real(tiny_data):
+    ds = VideoDataset("tiny", "train", resolution=None, sequence_length=16, data_dir=tiny_data, as_uint8=True)
+    return np.stack([ds[i]["video"].permute(1, 2, 3, 0).numpy() for i in range(len(ds))])
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    net, acc = train_digit_classifier(epochs=1)
+    assert acc > 0.9
+    return net
+
+
+def test_frechet_distance_closed_form():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(4000, 3))
+    b = rng.normal(size=(4000, 3)) * 2 + 1  # mean shift 1 per dim, std 2: FD = 3 + 3 * (1 + 4 - 2 * 2) = 6
+    assert abs(frechet_distance(a, b) - 6.0) < 0.4
+    assert frechet_distance(a, a) < 1e-6
+    fd, lo, hi = fd_with_ci(a[:500], b[:500], n_boot=20)
+    assert lo <= fd <= hi * 1.2 and lo > 3
+
+
+def test_fmd_real_small_noise_large(tiny_data, real):
+    ds = VideoDataset("tiny", "train", sequence_length=16, data_dir=tiny_data, as_uint8=True, random_clip=True)
+    net = train_feature_net(ds, steps=30, batch_size=4)
+    fa, fb = extract_features(net, to_float(real[:6])), extract_features(net, to_float(real[6:12]))
+    noise = (np.random.default_rng(0).random(real[:6].shape) * 255).astype(np.uint8)
+    fn = extract_features(net, to_float(noise))
+    assert frechet_distance(fa, fb) * 5 < frechet_distance(fn, fb)
+
+
+def test_legibility_and_motion_sanity(real, classifier):
+    r = legibility_and_motion(real, classifier)
+    rng = np.random.default_rng(0)
+    shuffled = np.stack([v[rng.permutation(len(v))] for v in real])
+    s = legibility_and_motion(shuffled, classifier)
+    noise = (rng.random(real[:4].shape) * 255).astype(np.uint8)
+    n = legibility_and_motion(noise, classifier)
+    assert r["legibility"] > 0.5 and r["legibility"] > 2 * n["legibility"]
+    assert 1 <= r["digits_per_frame"] <= 2.5  # the tiny set has 1-2 digits
+    assert s["motion_residual_px"] > 2 * r["motion_residual_px"]
+
+
+def test_connected_components():
+    m = torch.zeros(1, 8, 8, dtype=torch.bool)
+    m[0, 1:3, 1:3] = True
+    m[0, 5:7, 4:8] = True
+    m[0, 3, 3] = True  # touches the first blob diagonally: 8-connected
+    lab = connected_components(m)
+    assert len(torch.unique(lab[0])) == 3 and lab[0, 3, 3] == lab[0, 1, 1] and lab[0, 5, 4] != lab[0, 1, 1]
+
+
+def test_evaluate_cli_and_i3d_path(tiny_data, tmp_path):
+    class FakeI3D(torch.nn.Module):  # same call signature as StyleGAN-V's detector
+        def forward(self, x, rescale: bool = False, resize: bool = True, return_features: bool = True):
+            return x.mean((3, 4)).flatten(1)
+    torch.jit.script(FakeI3D()).save(str(tmp_path / "i3d.pt"))
+    videos = tmp_path / "gen"
+    videos.mkdir()
+    for i, f in enumerate(sorted((tiny_data / "tiny/val").glob("*.mp4"))):
+        (videos / f"{i:03d}.mp4").write_bytes(f.read_bytes())
+    out = run("evaluate.py", ["--dataset", "tiny", "--data_dir", tiny_data, "--videos", videos, "--num_real", 4,
+                              "--num_videos", 4, "--feature_steps", 10, "--cache_dir", tmp_path / "cache", "--i3d",
+                              tmp_path / "i3d.pt", "--output", tmp_path / "r.json"], tmp_path)
+    res = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert {"real (val)", "generated", "real, frames shuffled", "noise"} <= set(res)
+    assert res["generated"]["FMD"] < res["noise"]["FMD"] and "FVD" in res["noise"] and "| set |" in out.stdout
+    assert (tmp_path / "cache/digit_cnn.pt").exists()
+
+
+def test_demo_stages_run_end_to_end_tiny(tmp_path):
+    out = run("demo.py", ["--workdir", tmp_path, "--tiny", "--num_train", 16, "--num_val", 8, "--minutes", 0.3,
+                          "--num_videos", 2, "--eval_videos", 4], tmp_path, timeout=600)
+    assert (tmp_path / "runs/demo/samples/grid.gif").exists() and (tmp_path / "runs/demo/results.json").exists()
+    assert "| diffusion (ST-DiT) | generated |" in out.stdout and "finished in" in out.stdout
+    again = run("demo.py", ["--workdir", tmp_path, "--tiny", "--num_train", 16, "--num_val", 8], tmp_path)
+    assert again.stdout.count("already done") >= 6  # every stage skips when its output exists
