@@ -154,9 +154,9 @@ def main(argv=None):
         cells = []
         for c in used:
             v = r.get(c)
-            cells.append("–" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v))
+            cells.append("–" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v))
             if c == "FMD" and v is not None:
-                cells[-1] += f" [{r['FMD_90ci'][0]:.2f}, {r['FMD_90ci'][1]:.2f}]"
+                cells[-1] += f" [{r['FMD_90ci'][0]:.3g}, {r['FMD_90ci'][1]:.3g}]"
         print(f"| {label} | " + " | ".join(cells) + " |")
     out = Path(a.output) if a.output else cache / f"results_{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -80,7 +80,9 @@ def train_feature_net(dataset, steps: int = 300, batch_size: int = 16, seed: int
     meta = {json.loads(line)["file"]: json.loads(line) for line in open(dataset.dir / "metadata.jsonl")}
     net = FeatureNet()
     opt = torch.optim.AdamW(net.parameters(), 2e-3, weight_decay=0.01)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=1, drop_last=True)
+    batch_size = min(batch_size, len(dataset))
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=1, drop_last=True,
+                        persistent_workers=True)
     step = 0
     while step < steps:
         for batch in loader:
@@ -130,38 +132,38 @@ def fd_with_ci(a: np.ndarray, b: np.ndarray, n_boot: int = 50, seed: int = 0) ->
 class DigitCNN(nn.Module):
     def __init__(self):
         super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                                 nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                                 nn.Flatten(), nn.Linear(64 * 49, 128), nn.ReLU(), nn.Linear(128, 10))
+        self.net = nn.Sequential(nn.Conv2d(1, 16, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                                 nn.Conv2d(16, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                                 nn.Flatten(), nn.Linear(32 * 49, 128), nn.ReLU(), nn.Linear(128, 10))
 
     def forward(self, x):
         return self.net(x)
 
 
-def train_digit_classifier(epochs: int = 3, seed: int = 0, log=print) -> tuple[DigitCNN, float]:
+def train_digit_classifier(epochs: int = 4, seed: int = 0, log=print) -> tuple[DigitCNN, float]:
     """MNIST CNN on the bundled 10k digits (9k train / 1k held out), with light scale/shift augmentation.
     Returns (model, held-out accuracy)."""
     from minisora.flying_mnist import load_digits
 
     torch.manual_seed(seed)
     images, labels = load_digits("bundled")
-    x = torch.from_numpy(images).float().div(255).unsqueeze(1)
+    x = normalise_digit_crops(torch.from_numpy(images).float().div(255).unsqueeze(1))  # as crops found in frames
     y = torch.from_numpy(labels).long()
     perm = torch.randperm(len(x))
     tr, te = perm[:9000], perm[9000:]
     net = DigitCNN()
-    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    opt = torch.optim.Adam(net.parameters(), 2e-3)
     for ep in range(epochs):
-        for i in range(0, len(tr), 128):
-            idx = tr[i:i + 128]
-            xb = normalise_digit_crops(x[idx])  # same preprocessing as the crops found in frames
-            loss = F.cross_entropy(net(xb), y[idx])
+        order = tr[torch.randperm(len(tr))]
+        for i in range(0, len(order), 128):
+            idx = order[i:i + 128]
+            loss = F.cross_entropy(net(x[idx]), y[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
     net.eval()
     with torch.no_grad():
-        acc = (net(normalise_digit_crops(x[te])).argmax(1) == y[te]).float().mean().item()
+        acc = (net(x[te]).argmax(1) == y[te]).float().mean().item()
     log(f"[legibility] digit classifier held-out accuracy {acc:.3f}")
     return net, acc
 
@@ -197,28 +199,35 @@ def connected_components(mask: torch.Tensor, iters: int | None = None) -> torch.
 
 
 @torch.no_grad()
-def find_digits(frames: np.ndarray, classifier: DigitCNN, threshold: int = 60, min_area: int = 6):
-    """Per frame of uint8 (T, H, W, 3): list of (cy, cx, class, confidence, area) for each component."""
+def find_digits(frames: np.ndarray, classifier: DigitCNN, threshold: int = 60, min_area: int = 6, max_per_frame: int = 16):
+    """Per frame of uint8 (T, H, W, 3): list of (cy, cx, class, confidence, area), one per foreground component
+    (the `max_per_frame` largest). Blobs that cannot be a digit (box over half the frame, or more than 60% of
+    the box inked: digits are strokes) get class -1 and confidence 0: found, but not legible."""
     grey = torch.from_numpy(frames.max(-1).astype(np.float32) / 255.0)
     labels = connected_components(grey > threshold / 255.0)
+    size = max(frames.shape[1:3])
     out = []
     for t in range(len(frames)):
+        ids, areas = torch.unique(labels[t], return_counts=True)
+        keep = [(int(a), int(i)) for i, a in zip(ids, areas) if i != 0 and a >= min_area]
         comps, crops = [], []
-        for lab in torch.unique(labels[t]):
-            if lab == 0:
-                continue
+        for area, lab in sorted(keep, reverse=True)[:max_per_frame]:
             ys, xs = torch.nonzero(labels[t] == lab, as_tuple=True)
-            if len(ys) < min_area:
-                continue
-            box = grey[t, ys.min():ys.max() + 1, xs.min():xs.max() + 1] * (labels[t, ys.min():ys.max() + 1, xs.min():xs.max() + 1] == lab)
-            crops.append(box[None])
-            comps.append((ys.float().mean().item(), xs.float().mean().item(), len(ys)))
-        if crops:
-            p = classifier(normalise_digit_crops(crops)).softmax(1) if len(crops) else None
-            conf, cls = p.max(1)
-            out.append([(cy, cx, int(k), float(c), a) for (cy, cx, a), k, c in zip(comps, cls, conf)])
-        else:
-            out.append([])
+            y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+            h, w = int(y1 - y0), int(x1 - x0)
+            digit_like = max(h, w) <= size / 2 and area <= 0.6 * h * w
+            comps.append((ys.float().mean().item(), xs.float().mean().item(), area, digit_like))
+            if digit_like:
+                crops.append((grey[t, y0:y1, x0:x1] * (labels[t, y0:y1, x0:x1] == lab))[None])
+        probs = iter(classifier(normalise_digit_crops(crops)).softmax(1)) if crops else iter(())
+        dets = []
+        for cy, cx, area, digit_like in comps:
+            if digit_like:
+                conf, cls = next(probs).max(0)
+                dets.append((cy, cx, int(cls), float(conf), area))
+            else:
+                dets.append((cy, cx, -1, 0.0, area))
+        out.append(dets)
     return out
 
 
@@ -232,6 +241,7 @@ def legibility_and_motion(videos: np.ndarray, classifier: DigitCNN, conf: float 
         for d in dets:
             n_comp += len(d)
             n_leg += sum(c >= conf for *_, c, _ in d)
+        dets = [[x for x in d if x[2] >= 0] for d in dets]  # track digit-like components only
         tracks = [[det] for det in dets[0]]
         for d in dets[1:]:
             free = list(d)
