@@ -73,7 +73,7 @@ def main(argv=None):
     run("3/5 latents", ["latents.py", *common, "--vae", vae, "--batch_size", 16, "--decode", 4], latents)
     dit = runs / "iddpm/demo_dit/checkpoints/last.ckpt"
     run("4/5 diffusion", ["iddpm.py", "--latents_input_file", latents, "--vae", vae, "--latent_frames_to_generate", 4,
-                          "--depth", 6, "--hidden_size", 192, "--num_heads", 6, "--patch_size", "1,1,1", "--batch_size", 16,
+                          "--depth", 6, "--hidden_size", 192, "--num_heads", 6, "--patch_size", "1,2,2", "--batch_size", 8,
                           "--lr", 5e-4, "--warmup_steps", 100, "--ema_decay", 0.999, "--max_steps", 100000, "--epochs", -1,
                           "--max_time", hms(a.minutes * 0.55), "--sample_every", 0, "--checkpoint_every", 500,
                           "--log_every", 20, "--num_workers", 1, "--run_name", "demo_dit", *tiny_dit], dit)

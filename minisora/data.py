@@ -202,3 +202,36 @@ def load_labels(split_directory: str | os.PathLike, files: list[str]) -> list[li
     if missing:
         raise ValueError(f"{meta} has no entry for {len(missing)} video(s), e.g. {missing[:3]}")
     return [by_file[name] for name in files]
+
+
+class TokenWindows(Dataset):
+    """Training windows over videos of VQ codes: each row of a tokens file (N, t, h, w) is one video,
+    flattened to the sequence [BOS, c_0, c_1, ...]; an item is a random window of block_size + 1 tokens of
+    one video (windows never cross videos): x = window[:-1], y = window[1:], `start` = x's sequence position.
+    `samples_per_epoch` items are drawn per epoch (videos uniformly, offsets uniformly)."""
+
+    def __init__(self, array: np.ndarray, rows: range, block_size: int, bos: int, samples_per_epoch: int = 10000,
+                 only_predict_last: bool = False):
+        self.array, self.rows, self.block_size, self.bos = array, rows, block_size, bos
+        self.only_predict_last = only_predict_last
+        self.seq_len = int(np.prod(array.shape[1:])) + 1
+        if block_size + 1 > self.seq_len:
+            raise ValueError(f"block_size {block_size} + 1 > tokens per video + BOS ({self.seq_len})")
+        self.samples_per_epoch = samples_per_epoch
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch
+
+    def __getitem__(self, i: int) -> dict:
+        g = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ()).item()))
+        row = self.rows[int(torch.randint(0, len(self.rows), (), generator=g).item())]
+        start = int(torch.randint(0, self.seq_len - self.block_size, (), generator=g).item())
+        codes = np.asarray(self.array[row]).reshape(-1).astype(np.int64)
+        seq = np.concatenate([[self.bos], codes])[start:start + self.block_size + 1]
+        seq = torch.from_numpy(seq)
+        x, y = seq[:-1], seq[1:].clone()
+        if self.only_predict_last:  # a growing prefix predicts one next token: loss on a random position only
+            k = int(torch.randint(0, self.block_size, (), generator=g).item())
+            y[:k] = -1
+            y[k + 1:] = -1
+        return {"x": x, "y": y, "start": start, "row": row}
