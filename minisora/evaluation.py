@@ -110,6 +110,14 @@ def extract_features(net: FeatureNet, videos: torch.Tensor, batch: int = 16) -> 
     return torch.cat([net.features(videos[i:i + batch]) for i in range(0, len(videos), batch)]).double().numpy()
 
 
+def standardizer(ref: np.ndarray):
+    """Per-dimension z-scoring by the reference (real) features: FMD then does not depend on the feature
+    network's arbitrary per-unit scale, so numbers are comparable across feature-net trainings."""
+    mu, sd = ref.mean(0), ref.std(0)
+    sd = sd + 1e-6 * sd.max() + 1e-12  # dead units do not blow up
+    return lambda f: (f - mu) / sd
+
+
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """||mu_a - mu_b||² + Tr(S_a + S_b - 2 (S_a S_b)^½), with the trace term from the eigenvalues of
     S_a^½ S_b S_a^½ (symmetric PSD: stable, no complex sqrtm)."""

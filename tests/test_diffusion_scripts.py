@@ -34,6 +34,16 @@ def first_iddpm(tiny_vaes, tiny_stage_files, tmp_path_factory):
     return out / "iddpm/a", res
 
 
+def test_ema_warms_up_in_short_runs(first_iddpm):
+    """--ema_decay 0.9999 (the seed's default) must not leave a short run's EMA at its initial weights."""
+    d, _ = first_iddpm
+    last, prev = (torch.load(d / f"checkpoints/{n}", weights_only=True)["state_dict"] for n in ("last.ckpt", "step0000002.ckpt"))
+    keys = [k[4:] for k in last if k.startswith("ema.") and last[k].is_floating_point()]
+    diff = lambda a, b: sum(float((a[k] - b[k]).norm() ** 2) for k in keys) ** 0.5  # noqa: E731
+    ema3, ema2, model3 = ({k: sd[p + k] for k in keys} for sd, p in ((last, "ema."), (prev, "ema."), (last, "model.")))
+    assert diff(ema3, model3) < diff(ema3, ema2)  # decay (1+3)/(10+3) at step 3, not 0.9999
+
+
 def test_iddpm_seed_command_latents(first_iddpm):
     d, res = first_iddpm
     ckpt = torch.load(d / "checkpoints/last.ckpt", weights_only=True)

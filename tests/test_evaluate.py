@@ -8,7 +8,7 @@ import torch
 
 from conftest import run
 from minisora.data import VideoDataset
-from minisora.evaluation import (connected_components, extract_features, fd_with_ci, frechet_distance,
+from minisora.evaluation import (connected_components, extract_features, fd_with_ci, frechet_distance, standardizer,
                                  legibility_and_motion, to_float, train_digit_classifier, train_feature_net)
 
 
@@ -33,6 +33,16 @@ def test_frechet_distance_closed_form():
     assert frechet_distance(a, a) < 1e-6
     fd, lo, hi = fd_with_ci(a[:500], b[:500], n_boot=20)
     assert lo <= fd <= hi * 1.2 and lo > 3
+
+
+def test_standardized_fmd_ignores_feature_scale():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(300, 8)), rng.normal(size=(300, 8)) + 0.5
+    scale = np.geomspace(1e-2, 1e2, 8)  # a feature net's units can live on any scale
+    fd = frechet_distance(standardizer(b)(a), standardizer(b)(b))
+    fd_scaled = frechet_distance(standardizer(b * scale)(a * scale), standardizer(b * scale)(b * scale))
+    assert abs(fd - fd_scaled) < 1e-2 * fd and 8 * 0.25 * 0.7 < fd < 8 * 0.25 * 1.5
+    assert abs(frechet_distance(a * scale, b * scale) - frechet_distance(a, b)) > 1  # raw FD is not invariant
 
 
 def test_fmd_real_small_noise_large(tiny_data, real):
