@@ -15,6 +15,7 @@ import torch  # noqa: E402
 
 from bench.common import matmul_peak, timeit, train_flops  # noqa: E402
 from minisora.diffusion import GaussianDiffusion  # noqa: E402
+from minisora.training import adamw  # noqa: E402
 from models.latte import Latte, make_config  # noqa: E402
 from models.stdit import STDiT, STDiTConfig  # noqa: E402
 
@@ -40,7 +41,7 @@ def main():
     for name, (build, shape) in configs.items():
         torch.manual_seed(0)
         model = build().to(dev)
-        opt = torch.optim.AdamW(model.parameters(), 1e-4)
+        opt = adamw(model, 1e-4)  # as the training scripts: fused AdamW
         x0 = torch.randn(*shape, device=dev)
 
         def step(bf16):

@@ -13,7 +13,7 @@ import torch
 from minisora.checkpoint import FORMAT_VERSION
 from minisora.data import to_model_range
 from minisora.diffusion import GaussianDiffusion
-from minisora.training import log_video, save_video_grid
+from minisora.training import adamw, log_video, save_video_grid
 
 
 def build_denoiser(kind: str, config: dict) -> torch.nn.Module:
@@ -120,7 +120,7 @@ class LitDiffusion(L.LightningModule):
 
     # -------------------------------------------------------------------------------- misc
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(self.model.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        opt = adamw(self.model, self.hparams.lr, self.hparams.weight_decay)
         warm = max(1, self.hparams.warmup_steps)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

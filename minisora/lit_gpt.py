@@ -11,7 +11,7 @@ import lightning as L
 import torch
 
 from minisora.checkpoint import FORMAT_VERSION
-from minisora.training import log_video, save_video_grid
+from minisora.training import adamw, log_video, save_video_grid
 
 
 def build_lm(kind: str, config: dict) -> torch.nn.Module:
@@ -100,11 +100,7 @@ class LitLM(L.LightningModule):
     # -------------------------------------------------------------------------------- misc
     def configure_optimizers(self):
         h = self.hparams
-        decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() >= 2]
-        no_decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() < 2]
-        fused = torch.cuda.is_available()
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": h.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                                lr=h.learning_rate, betas=(0.9, h.beta2), fused=fused)
+        opt = adamw(self.model, h.learning_rate, h.weight_decay, (0.9, h.beta2), matrices_only=True)
 
         def lr_at(step):  # linear warmup, cosine decay to min_lr at lr_decay_iters, then constant
             if step < h.warmup_iters:
