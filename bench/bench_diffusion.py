@@ -41,7 +41,7 @@ def main():
     for name, (build, shape) in configs.items():
         torch.manual_seed(0)
         model = build().to(dev)
-        opt = adamw(model, 1e-4)  # as the training scripts: fused AdamW
+        opt = adamw(model, 1e-4)  # as the training scripts
         x0 = torch.randn(*shape, device=dev)
 
         def step(bf16):

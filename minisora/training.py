@@ -53,16 +53,16 @@ def default_precision() -> str:
 
 def adamw(model: torch.nn.Module, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999),
           matrices_only: bool = False) -> torch.optim.AdamW:
-    """AdamW on the fused kernel (CPU and CUDA: one pass over each parameter per step instead of a dozen
-    elementwise ops). matrices_only: weight decay on >= 2-D weights only (not biases, norms)."""
+    """AdamW for every training script. matrices_only: weight decay on >= 2-D weights only (not biases,
+    norms). Not the fused kernel: Lightning refuses gradient clipping with fused optimizers under mixed
+    precision; torch's default (multi-tensor `foreach` on CUDA) is used instead."""
     params = [p for p in model.parameters() if p.requires_grad]
     if matrices_only:
         groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     else:
         groups = [{"params": params, "weight_decay": weight_decay}]
-    fused = all(p.device.type in ("cpu", "cuda") for p in params)
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas)
 
 
 def parse_devices(devices: str):
