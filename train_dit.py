@@ -19,7 +19,7 @@ import sys
 import lightning as L
 import torch
 
-from minisora.data import LatentDataset, VideoDataset, load_labels, to_model_range
+from minisora.data import LatentDataset, VideoDataset, collate_videos, load_labels, to_model_range
 from minisora.lit_diffusion import LitDiffusion, add_diffusion_args, fit, latent_stats_from
 from minisora.resolve import load_vae
 from minisora.stagefile import check_vae_matches, load_stage
@@ -131,7 +131,7 @@ def estimate_stats(vae, data, batch_size: int, batches: int):
     from torch.utils.data import DataLoader
 
     zs = []
-    for i, batch in enumerate(DataLoader(data, batch_size=batch_size, shuffle=True)):
+    for i, batch in enumerate(DataLoader(data, batch_size=batch_size, shuffle=True, collate_fn=collate_videos)):
         if i >= batches:
             break
         zs.append(vae.encode(to_model_range(batch["video"])).transpose(0, 1).flatten(1))

@@ -22,7 +22,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
-from minisora.data import VideoDataset
+from minisora.data import VideoDataset, collate_videos
 from minisora.lit_vae import LitVAE
 from minisora.resolve import resolve_checkpoint_path
 from minisora.training import add_common_args, make_trainer, run_dir
@@ -112,7 +112,7 @@ def main(argv=None):
     except ValueError as e:
         sys.exit(f"error: {e}")
     loader = dict(batch_size=a.batch_size, num_workers=a.num_workers, pin_memory=torch.cuda.is_available(),
-                  persistent_workers=a.num_workers > 0)
+                  persistent_workers=a.num_workers > 0, collate_fn=collate_videos)
     model = LitVAE(cfg.to_dict(), lr=a.lr, reinit_every_n_epochs=a.reinit_every_n_epochs,
                    log_videos_every=a.log_videos_every, sample_dir=str(out / "samples"),
                    data={k: v for k, v in common.items() if k != "as_uint8"})

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from minisora.data import VideoDataset, to_model_range
+from minisora.data import VideoDataset, collate_videos, to_model_range
 from minisora.metrics import psnr
 from minisora.resolve import VAEHandle, load_vae
 from minisora.stagefile import StageWriter, check_vae_matches, load_stage, token_dtype
@@ -80,7 +80,7 @@ def run(a, kind: str) -> Path:
         if writer.rows_done:
             print(f"[{kind}] resuming {out}: {writer.rows_done}/{len(ds)} rows already written")
         loader = DataLoader(Subset(ds, range(writer.rows_done, len(ds))), batch_size=a.batch_size,
-                            num_workers=a.num_workers, pin_memory=device.startswith("cuda"))
+                            num_workers=a.num_workers, pin_memory=device.startswith("cuda"), collate_fn=collate_videos)
         for batch in tqdm(loader, desc=f"encoding {a.split} -> {out.name}", unit="batch"):
             x = to_model_range(batch["video"].to(device, non_blocking=True))
             rows = vae.encode(x) if kind == "latents" else vae.encode_codes(x)

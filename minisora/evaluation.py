@@ -76,17 +76,19 @@ def train_feature_net(dataset, steps: int = 300, batch_size: int = 16, seed: int
     import json
 
     from torch.utils.data import DataLoader
+
+    from minisora.data import collate_videos, to_model_range
     torch.manual_seed(seed)
     meta = {json.loads(line)["file"]: json.loads(line) for line in open(dataset.dir / "metadata.jsonl")}
     net = FeatureNet()
     opt = torch.optim.AdamW(net.parameters(), 2e-3, weight_decay=0.01)
     batch_size = min(batch_size, len(dataset))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=1, drop_last=True,
-                        persistent_workers=True)
+                        persistent_workers=True, collate_fn=collate_videos)
     step = 0
     while step < steps:
         for batch in loader:
-            x = fit_clip(batch["video"].float().div(127.5).sub(1) if batch["video"].dtype == torch.uint8 else batch["video"])
+            x = fit_clip(to_model_range(batch["video"]) if batch["video"].dtype == torch.uint8 else batch["video"])
             y = torch.stack([_targets(meta[dataset.files[i].relative_to(dataset.dir).as_posix()], 0) for i in batch["index"]])
             shuffled = torch.rand(len(x)) < 0.5
             for j in torch.nonzero(shuffled).flatten():

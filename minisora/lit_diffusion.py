@@ -11,7 +11,7 @@ import lightning as L
 import torch
 
 from minisora.checkpoint import FORMAT_VERSION
-from minisora.data import to_model_range
+from minisora.data import collate_videos, to_model_range
 from minisora.diffusion import GaussianDiffusion
 from minisora.training import adamw, log_video, save_video_grid
 
@@ -178,7 +178,7 @@ def fit(a, module: "LitDiffusion", train_data, out, script: str, callbacks=()) -
         module.model = torch.compile(module.model)
     loader = DataLoader(train_data, batch_size=a.batch_size, shuffle=True, num_workers=a.num_workers,
                         drop_last=len(train_data) >= a.batch_size, pin_memory=torch.cuda.is_available(),
-                        persistent_workers=a.num_workers > 0)
+                        persistent_workers=a.num_workers > 0, collate_fn=collate_videos)
     resume = str(resolve_checkpoint_path(a.resume_from)) if a.resume_from else None
     trainer.fit(module, loader, ckpt_path=resume)
     trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")  # every rank: it synchronises, rank 0 writes

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from conftest import ROOT
-from minisora.data import VideoDataset, frames_to_tensor
+from minisora.data import VideoDataset, collate_videos, frames_to_tensor, to_model_range
 from minisora.video_io import VideoReadError, available_backends, read_video, to_uint8_frames, write_gif, write_video
 
 
@@ -20,6 +20,23 @@ def test_dataset_shapes_range_and_order(tiny_data):
     assert x.min() >= -1 and x.max() <= 1 and x.min() < -0.9  # black background maps to -1
     batch = next(iter(DataLoader(ds, batch_size=4, num_workers=2)))
     assert batch["video"].shape == (4, 3, 8, 32, 32) and batch["index"].tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_collate_videos_matches_default_collate(tiny_data, workers):
+    ds = VideoDataset("tiny", "train", resolution=32, sequence_length=8, data_dir=tiny_data, as_uint8=True)
+    ref = next(iter(DataLoader(ds, batch_size=3)))
+    got = next(iter(DataLoader(ds, batch_size=3, num_workers=workers, collate_fn=collate_videos)))
+    v = got["video"]
+    assert v.shape == ref["video"].shape == (3, 3, 8, 32, 32) and v.dtype == torch.uint8
+    assert v.is_contiguous(memory_format=torch.channels_last_3d) and not v.is_contiguous()  # frames stay interleaved
+    assert torch.equal(v, ref["video"]) and got["index"].tolist() == ref["index"].tolist() == [0, 1, 2]
+    x = to_model_range(v)
+    assert x.is_contiguous() and torch.equal(x, to_model_range(ref["video"]))
+    # items that are not interleaved clips (or other datasets' items) fall back to default_collate
+    planar = [{"video": torch.zeros(3, 2, 4, 4, dtype=torch.uint8), "index": i} for i in range(2)]
+    assert collate_videos(planar)["video"].is_contiguous()
+    assert collate_videos([{"latents": torch.ones(2)}, {"latents": torch.ones(2)}])["latents"].shape == (2, 2)
 
 
 def test_clips_per_video_stride_and_random_start(tiny_data):
