@@ -10,11 +10,12 @@
 
     bash train.sh python demo.py                   # or: python demo.py --minutes 10 (shorter training)
 
-Each stage is skipped when its output already exists, so a re-run resumes where it stopped.
+A re-run skips the stages that finished and resumes an interrupted training run from its last.ckpt.
 """
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 import time
@@ -26,14 +27,23 @@ ROOT = Path(__file__).resolve().parent
 WORK = ROOT
 
 
-def run(stage: str, cmd: list, done: Path) -> None:
-    if done.exists():
-        print(f"[demo] {stage}: already done ({done}), skipping", flush=True)
+def run(stage: str, cmd: list, output: Path, resumable: bool = False) -> None:
+    """Run one stage unless it finished before. A stage counts as finished when it exited cleanly (a marker in
+    runs/demo/stages/), not when its output exists: a training run killed half-way has a last.ckpt
+    already, and is resumed from it (Lightning restores weights, optimizer, step and the --max_time clock)."""
+    marker = WORK / "runs" / "demo" / "stages" / (re.sub(r"[^\w]+", "_", stage).strip("_") + ".done")
+    if marker.exists() and output.exists():
+        print(f"[demo] {stage}: already done ({output}), skipping", flush=True)
         return
     cmd = [str(c) for c in cmd]
+    if resumable and output.exists():
+        cmd += ["--resume_from", str(output)]
+        print(f"[demo] {stage}: resuming the interrupted run from {output}", flush=True)
     print(f"\n[demo] {stage}: python {' '.join(cmd)}", flush=True)
     t = time.time()
     subprocess.run([sys.executable, str(ROOT / cmd[0]), *cmd[1:]], cwd=WORK, check=True)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"{' '.join(cmd)}\n")
     print(f"[demo] {stage}: done in {time.time() - t:.0f}s", flush=True)
 
 
@@ -68,7 +78,7 @@ def main(argv=None):
     vae = runs / "train_vqvae/demo_vae/checkpoints/last.ckpt"
     run("2/5 KL-VAE", ["train_vqvae.py", *common, "--network_variant", "vae_s4t4_m", "--kl_loss_weight", 1e-4,
                        "--batch_size", 8, "--lr", 1e-3, "--epochs", 1000, "--max_time", hms(a.minutes * 0.45),
-                       "--run_name", "demo_vae", "--log_every_n_steps", 20, *tiny_vae], vae)
+                       "--run_name", "demo_vae", "--log_every_n_steps", 20, *tiny_vae], vae, resumable=True)
     latents = WORK / f"data/latents/{a.name}__demo_vae_latents_16frames_train.npy"
     run("3/5 latents", ["latents.py", *common, "--vae", vae, "--batch_size", 16, "--decode", 4], latents)
     dit = runs / "iddpm/demo_dit/checkpoints/last.ckpt"
@@ -76,14 +86,14 @@ def main(argv=None):
                           "--depth", 6, "--hidden_size", 192, "--num_heads", 6, "--patch_size", "1,2,2", "--batch_size", 8,
                           "--lr", 5e-4, "--warmup_steps", 100, "--ema_decay", 0.999, "--max_steps", 100000, "--epochs", -1,
                           "--max_time", hms(a.minutes * 0.55), "--sample_every", 0, "--checkpoint_every", 500,
-                          "--log_every", 20, "--num_workers", 1, "--run_name", "demo_dit", *tiny_dit], dit)
+                          "--log_every", 20, "--num_workers", 1, "--run_name", "demo_dit", *tiny_dit], dit, resumable=True)
     run("5/5 sample", ["sample.py", "--checkpoint", dit, "--num_videos", a.num_videos, "--sampler", "dpm++", "--steps", 25,
                        "--output_dir", out / "samples"], out / "samples" / "grid.gif")
     if a.with_gpt:
         vq = runs / "train_vqvae/demo_vq/checkpoints/last.ckpt"
         run("+ VQ-VAE", ["train_vqvae.py", *common, "--network_variant", "s4t4_m_vq", "--n_codes", 1024,
                          "--low_utilization_cost", 0.1, "--reinit_every_n_epochs", 1, "--batch_size", 8, "--lr", 1e-3,
-                         "--epochs", 1000, "--max_time", hms(a.minutes * 0.45), "--run_name", "demo_vq", *tiny_vae], vq)
+                         "--epochs", 1000, "--max_time", hms(a.minutes * 0.45), "--run_name", "demo_vq", *tiny_vae], vq, resumable=True)
         tokens = WORK / f"data/latents/{a.name}__demo_vq_tokens_16frames_train.npy"
         run("+ tokens", ["tokenize_videos.py", *common, "--vae", vq, "--batch_size", 16, "--decode", 2], tokens)
         gpt = runs / "train_latent_nanogpt/demo_gpt/checkpoints/last.ckpt"
@@ -91,7 +101,7 @@ def main(argv=None):
                       "--n_head", 4, "--n_embd", 256, "--dropout", 0.0, "--batch_size", 16, "--learning_rate", 1e-3,
                       "--max_iters", 100000, "--lr_decay_iters", 3000, "--min_lr", 1e-4, "--max_time", hms(a.minutes * 0.55),
                       "--eval_interval", 200, "--eval_iters", 4, "--sample_interval", 0, "--num_workers", 1,
-                      "--run_name", "demo_gpt", *tiny_gpt], gpt)
+                      "--run_name", "demo_gpt", *tiny_gpt], gpt, resumable=True)
     evals = [("diffusion (ST-DiT)", dit, out / "results.json")]
     if a.with_gpt:
         evals.append(("GPT", gpt, out / "results_gpt.json"))

@@ -15,7 +15,6 @@ import argparse
 import sys
 
 import lightning as L
-import torch
 
 from minisora.lit_diffusion import LitDiffusion, add_diffusion_args, fit, latent_stats_from
 from minisora.resolve import load_vae

@@ -14,7 +14,6 @@ Writes runs/train_vqvae/<run_name>/{config.json, metrics.csv, samples/, checkpoi
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 
 import lightning as L
@@ -24,8 +23,7 @@ from torch.utils.data import DataLoader
 
 from minisora.data import VideoDataset, collate_videos
 from minisora.lit_vae import LitVAE
-from minisora.resolve import resolve_checkpoint_path
-from minisora.training import add_common_args, make_trainer, run_dir
+from minisora.training import add_common_args, make_trainer, resume_checkpoint, run_dir
 from models.vqvae import PRESETS, make_config
 
 
@@ -129,8 +127,8 @@ def main(argv=None):
     if a.track and a.watch_gradients:
         trainer.loggers[-1].watch(model.model, log="gradients")
     if a.compile:
-        model.model = torch.compile(model.model)
-    resume = resolve_checkpoint_path(a.resume_from) if a.resume_from else None
+        model.model.compile()  # in place: checkpoint keys stay model.* (torch.compile would add _orig_mod.)
+    resume = resume_checkpoint(a.resume_from)
     trainer.fit(model, DataLoader(train, shuffle=True, drop_last=len(train) >= a.batch_size, **loader),
                 DataLoader(val, **loader), ckpt_path=resume)
     if trainer.is_global_zero:

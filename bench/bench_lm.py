@@ -71,7 +71,7 @@ def main():
     print(f"| KV cache, window full (511-token prompt) | {cached_full:.1f} |")
     print(f"| no cache, window full (recompute 512 tokens per step) | {full_window:.1f} |")
     print(f"| cache speed-up on a full window | {cached_full / full_window:.0f}× |")
-    print(f"| upstream (no cache, 512 window) | 3.6 |")
+    print("| upstream (no cache, 512 window) | 3.6 |")
     print(f"| one 32-frame 256² video (32,768 tokens) at the cached rate | {32768 / cached_full / 60:.1f} min |\n")
 
     mcfg = MambaConfig(vocab_size=5121, d_model=size["n_embd"], n_layer=size["n_layer"])

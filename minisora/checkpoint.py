@@ -9,6 +9,7 @@ file both resumes training and loads the model.
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from pathlib import Path
 
@@ -16,6 +17,10 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 FORMAT_VERSION = 1
+UPSTREAM_HINT = ("Upstream's published checkpoints (zzsi_kungfu/videogpt/model-*, zzsi_kungfu/flying_mnist/*) hold "
+                 "upstream's networks, which MiniSora does not reproduce layer for layer: train a VAE with "
+                 "train_vqvae.py (or use a diffusers AutoencoderKL such as stabilityai/sd-vae-ft-mse) and pass "
+                 "its runs/<script>/<run>/checkpoints/last.ckpt or the wandb artifact its --track run logged.")
 
 
 def atomic_save(obj, path: str | os.PathLike) -> str:
@@ -51,9 +56,14 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         path = (last or found)[-1]
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if "minisora" not in ckpt:
-        raise ValueError(f"{path} is not a MiniSora checkpoint (no 'minisora' entry); keys: {sorted(ckpt)[:8]}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # weights_only refuses pickled Python objects (argparse Namespaces, ...)
+        raise ValueError(f"{path} is not a MiniSora checkpoint: it holds pickled Python objects, which "
+                         f"MiniSora never writes. {UPSTREAM_HINT} ({str(e).splitlines()[0]})") from None
+    if not isinstance(ckpt, dict) or "minisora" not in ckpt:
+        keys = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(f"{path} is not a MiniSora checkpoint (no 'minisora' entry; keys: {keys}). {UPSTREAM_HINT}")
     if ckpt["minisora"].get("format_version", 0) > FORMAT_VERSION:
         raise ValueError(f"{path} has format_version {ckpt['minisora']['format_version']} > supported {FORMAT_VERSION}")
     ckpt["minisora"]["path"] = str(path)

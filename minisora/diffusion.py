@@ -72,6 +72,7 @@ class GaussianDiffusion:
         self.learn_sigma, self.vlb_weight = learn_sigma, vlb_weight
         use = timesteps or list(range(len(base)))
         acp_base = np.cumprod(1.0 - base)
+        self.base_alphas_cumprod = acp_base  # the full chain, so that a respaced chain can be respaced again
         acp = acp_base[use]
         prev = np.append(1.0, acp[:-1])
         betas = 1 - acp / prev
@@ -97,13 +98,8 @@ class GaussianDiffusion:
 
     def respaced(self, steps: int) -> "GaussianDiffusion":
         """The same process on `steps` evenly spaced base timesteps (for faster ancestral sampling)."""
-        base = betas_from_acp(self._base_acp())
+        base = betas_from_acp(self.base_alphas_cumprod)
         return GaussianDiffusion(base, self.learn_sigma, space_timesteps(self.num_base_steps, steps), self.vlb_weight)
-
-    def _base_acp(self):
-        if self.num_timesteps == self.num_base_steps:
-            return self.alphas_cumprod
-        raise ValueError("respace from the full chain")
 
     # -------------------------------------------------------------------------------- forward
     def q_sample(self, x0, t, noise):

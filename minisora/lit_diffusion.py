@@ -166,8 +166,7 @@ def fit(a, module: "LitDiffusion", train_data, out, script: str, callbacks=()) -
     from lightning.pytorch.callbacks import ModelCheckpoint
     from torch.utils.data import DataLoader
 
-    from minisora.resolve import resolve_checkpoint_path
-    from minisora.training import make_trainer
+    from minisora.training import make_trainer, resume_checkpoint
 
     ckpt = ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="step{step:07d}", auto_insert_metric_name=False,
                            every_n_train_steps=a.ckpt_every, save_last=True, save_top_k=-1)
@@ -175,11 +174,11 @@ def fit(a, module: "LitDiffusion", train_data, out, script: str, callbacks=()) -
                            accumulate_grad_batches=a.accumulate_grad_batches, log_every_n_steps=a.log_every,
                            gradient_clip_val=a.clip_grad or None, limit_val_batches=0, num_sanity_val_steps=0)
     if a.compile:
-        module.model = torch.compile(module.model)
+        module.model.compile()  # in place: checkpoint keys stay model.* (torch.compile would add _orig_mod.)
     loader = DataLoader(train_data, batch_size=a.batch_size, shuffle=True, num_workers=a.num_workers,
                         drop_last=len(train_data) >= a.batch_size, pin_memory=torch.cuda.is_available(),
                         persistent_workers=a.num_workers > 0, collate_fn=collate_videos)
-    resume = str(resolve_checkpoint_path(a.resume_from)) if a.resume_from else None
+    resume = resume_checkpoint(a.resume_from)
     trainer.fit(module, loader, ckpt_path=resume)
     trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")  # every rank: it synchronises, rank 0 writes
     if trainer.is_global_zero:

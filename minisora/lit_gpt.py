@@ -184,8 +184,7 @@ def fit_lm(a, kind: str, model_config: dict, arr, n_codes: int, vae, script: str
     from torch.utils.data import DataLoader
 
     from minisora.data import TokenWindows
-    from minisora.resolve import resolve_checkpoint_path
-    from minisora.training import make_trainer, run_dir
+    from minisora.training import make_trainer, resume_checkpoint, run_dir
 
     if a.log_dir:
         a.output_dir = a.log_dir
@@ -210,10 +209,10 @@ def fit_lm(a, kind: str, model_config: dict, arr, n_codes: int, vae, script: str
                            accumulate_grad_batches=a.gradient_accumulation_steps, log_every_n_steps=a.log_interval,
                            gradient_clip_val=a.grad_clip or None, num_sanity_val_steps=0)
     if a.compile:
-        module.model = torch.compile(module.model)
+        module.model.compile()  # in place: checkpoint keys stay model.* (torch.compile would add _orig_mod.)
     kw = dict(batch_size=a.batch_size, num_workers=a.num_workers, pin_memory=torch.cuda.is_available(),
               persistent_workers=a.num_workers > 0)
-    resume = str(resolve_checkpoint_path(a.resume_from)) if a.resume_from else None
+    resume = resume_checkpoint(a.resume_from)
     trainer.fit(module, DataLoader(train, **kw), DataLoader(val, **kw), ckpt_path=resume)
     trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")  # every rank: it synchronises, rank 0 writes
     if trainer.is_global_zero:

@@ -67,9 +67,7 @@ def resolve_checkpoint_path(ref: str) -> Path:
     if kind == "hf":
         raise ValueError(f"{ref!r} looks like a Hugging Face id; a training checkpoint must be a path or a wandb artifact")
     p = Path(ref) if kind == "local" else download_wandb_artifact(ref)
-    if p.is_dir():
-        return Path(load_checkpoint(p)["minisora"]["path"])
-    return p
+    return Path(load_checkpoint(p)["minisora"]["path"])  # validates it: a MiniSora checkpoint, a readable version
 
 
 # -------------------------------------------------------------------------------------------- VAEs

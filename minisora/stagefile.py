@@ -128,6 +128,13 @@ def load_stage(path: str | os.PathLike, expect_kind: str | None = None) -> tuple
 
 def check_vae_matches(meta: dict, vae, path: str | os.PathLike) -> None:
     """Fail with both descriptions when a stage file was not made by (a VAE shaped like) `vae`."""
+    if meta["kind"] == "tokens":
+        if not vae.quantize:
+            raise ValueError(f"{path} holds VQ tokens but VAE {vae.reference} does not quantize (no codebook to "
+                             f"turn them into vectors): pass the VQ-VAE that made the file")
+        if meta.get("n_codes") is not None and meta["n_codes"] != vae.n_codes:
+            raise ValueError(f"{path} holds codes of a {meta['n_codes']}-entry codebook "
+                             f"(VAE {meta.get('vae', {}).get('reference')}) but VAE {vae.reference} has {vae.n_codes}")
     if meta.get("inferred"):
         shape = meta["shape"]
         chans = shape[1] if meta["kind"] == "latents" else None

@@ -19,6 +19,18 @@ from minisora.checkpoint import AtomicCheckpointIO
 from minisora.video_io import to_uint8_frames, write_gif, write_video
 
 
+def resume_checkpoint(ref: str | None) -> str | None:
+    """--resume_from (a local checkpoint or folder, or a wandb artifact) as a local path; exits with a clear
+    message when it cannot be used."""
+    if not ref:
+        return None
+    from minisora.resolve import resolve_checkpoint_path
+    try:
+        return str(resolve_checkpoint_path(ref))
+    except (ValueError, FileNotFoundError, ConnectionError) as e:
+        raise SystemExit(f"error: --resume_from {ref}: {e}") from None
+
+
 def add_common_args(p: argparse.ArgumentParser, project: str) -> None:
     g = p.add_argument_group("run / hardware (shared by every training script)")
     g.add_argument("--dataset", default="flying_mnist", help="reads data/<dataset>/{train,val} (or a folder path)")

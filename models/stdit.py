@@ -114,7 +114,7 @@ class STDiT(nn.Module):
             h = checkpoint(blk, h, t0, use_reentrant=False) if cfg.grad_checkpointing and self.training else blk(h, t0)
         shift, scale = (self.final_table[None] + c[:, None])[:, :, None, None].unbind(1)
         h = self.final(modulate(self.final_norm(h), shift, scale))
-        (pt, ph, pw), (gt, gh, gw) = cfg.patch_size, self.grid
+        (pt, ph, pw), (_, gh, gw) = cfg.patch_size, self.grid
         return rearrange(h, "b t (gh gw) (pt ph pw c) -> b c (t pt) (gh ph) (gw pw)", gh=gh, gw=gw, pt=pt, ph=ph, pw=pw).float()
 
     def forward_with_cfg(self, x, t, y, scale: float):

@@ -1,13 +1,8 @@
-import csv
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
 from minisora.diffusion import GaussianDiffusion, betas_for, space_timesteps
 from models.latte import Latte, make_config
 from models.stdit import STDiT, STDiTConfig
@@ -24,6 +19,9 @@ def test_schedules_and_respacing():
     assert r.timestep_map.tolist() == space_timesteps(1000, 10) and r.num_timesteps == 10
     # respaced chain keeps the marginals: alpha_bar at the kept steps is unchanged
     assert np.allclose(r.alphas_cumprod, d.alphas_cumprod[r.timestep_map.numpy()])
+    # a respaced chain (iddpm.py --diffusion_steps 50) respaces again from the base chain (sample.py --steps 10)
+    rr = GaussianDiffusion.create("linear", 1000, respace=50).respaced(10)
+    assert rr.timestep_map.tolist() == r.timestep_map.tolist() and np.allclose(rr.alphas_cumprod, r.alphas_cumprod)
 
 
 def test_q_sample_and_posterior_closed_form():

@@ -98,5 +98,10 @@ def test_demo_stages_run_end_to_end_tiny(tmp_path):
                           "--num_videos", 2, "--eval_videos", 4], tmp_path, timeout=600)
     assert (tmp_path / "runs/demo/samples/grid.gif").exists() and (tmp_path / "runs/demo/results.json").exists()
     assert "| diffusion (ST-DiT) | generated |" in out.stdout and "finished in" in out.stdout
+    stages = tmp_path / "runs/demo/stages"
+    assert len(list(stages.glob("*.done"))) >= 6
+    (stages / "4_5_diffusion.done").unlink()  # as if the diffusion run had been killed after a checkpoint
     again = run("demo.py", ["--workdir", tmp_path, "--tiny", "--num_train", 16, "--num_val", 8], tmp_path)
-    assert again.stdout.count("already done") >= 6  # every stage skips when its output exists
+    assert again.stdout.count("already done") >= 5  # finished stages are skipped
+    assert "4/5 diffusion: resuming the interrupted run from" in again.stdout and "--resume_from" in again.stdout
+    assert (stages / "4_5_diffusion.done").exists()

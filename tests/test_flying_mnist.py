@@ -88,7 +88,7 @@ def test_metadata_matches_pixels(tmp_path):
         r = json.loads(line)
         frames = read_video(tmp_path / "one/train" / r["file"])
         assert len(frames) == r["num_frames"] == 16
-        (x0, y0), s = r["positions"][0][0], r["sizes"][0]
+        s = r["sizes"][0]
         for t in range(16):
             x, y = r["positions"][0][t]
             ink = frames[t].max(-1) > 60

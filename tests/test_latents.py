@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, run
+from conftest import run
 from minisora.stagefile import StageWriter, load_stage, token_dtype
 
 
@@ -114,3 +114,32 @@ def test_sd_vae_path_per_frame_with_scaling(tiny_data, tmp_path):
                        "--num_workers", "0", "--max_videos", "3", "--decode", "1"], tmp_path)
     arr, meta = load_stage(tiny_data / "latents/tiny__sd-vae-tiny_latents_4frames_train.npy")
     assert arr.shape == (3, 4, 4, 16, 16) and meta["scaling_factor"] == 0.18215 and meta["vae"]["kind"] == "diffusers"
+
+
+def test_tokens_file_needs_the_matching_codebook(tmp_path):
+    from types import SimpleNamespace
+
+    from minisora.stagefile import check_vae_matches
+    meta = {"kind": "tokens", "n_codes": 5120, "shape": [2, 2, 4, 4],
+            "vae": {"reference": "a", "latent_channels": 4, "temporal_stride": 4, "spatial_stride": 4}}
+    vq = SimpleNamespace(reference="b", name="b", quantize=True, n_codes=1024, latent_channels=4, temporal_stride=4,
+                         spatial_stride=4)
+    with pytest.raises(ValueError, match="5120-entry codebook.*1024"):
+        check_vae_matches(meta, vq, "tok.npy")
+    with pytest.raises(ValueError, match="does not quantize"):
+        check_vae_matches(meta, SimpleNamespace(**{**vars(vq), "quantize": False, "n_codes": None}), "tok.npy")
+    check_vae_matches(meta, SimpleNamespace(**{**vars(vq), "n_codes": 5120, "name": "a"}), "tok.npy")  # matches
+
+
+def test_upstream_style_checkpoints_are_refused_clearly(tmp_path, tiny_data):
+    import argparse
+
+    from minisora.resolve import load_vae
+    torch.save({"state_dict": {}, "hyper_parameters": {"args": argparse.Namespace(n_codes=5120)}}, tmp_path / "up.ckpt")
+    with pytest.raises(ValueError, match="not a MiniSora checkpoint.*pickled.*train_vqvae.py"):
+        load_vae(str(tmp_path / "up.ckpt"))
+    torch.save({"state_dict": {"w": torch.zeros(1)}}, tmp_path / "plain.ckpt")
+    with pytest.raises(ValueError, match="no 'minisora' entry"):
+        load_vae(str(tmp_path / "plain.ckpt"))
+    out = run("latents.py", ["--dataset", "tiny", "--data_dir", tiny_data, "--vae", tmp_path / "up.ckpt"], tmp_path, ok=False)
+    assert out.returncode != 0 and "not a MiniSora checkpoint" in out.stderr and "Traceback" not in out.stderr
