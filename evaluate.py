@@ -39,34 +39,12 @@ def load_folder(folder: Path, n: int | None, frames: int | None) -> np.ndarray:
 
 
 def sample_checkpoint(ref: str, n: int, sampler: str, steps: int, seed: int) -> np.ndarray:
-    from minisora.checkpoint import load_checkpoint
-    from minisora.resolve import resolve_checkpoint_path
+    """n uint8 videos (n, T, H, W, 3) from a diffusion or token-model checkpoint (see sample.py)."""
     from minisora.video_io import to_uint8_frames
+    from sample import load_generator, generate_videos
 
-    kind = load_checkpoint(resolve_checkpoint_path(ref))["minisora"]["kind"]
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    out = []
-    if kind in ("latte", "stdit"):
-        from sample import load_diffusion
-        m = load_diffusion(ref, device)
-        for i in range(0, n, 8):
-            z = m.sample_latents(min(8, n - i), sampler, steps, seed=seed + i)
-            out.extend(to_uint8_frames(v) for v in m.vae.decode(z).cpu())
-    elif kind in ("gpt", "mamba"):
-        from minisora.lit_gpt import LitLM
-        from minisora.resolve import load_vae
-        ck = load_checkpoint(resolve_checkpoint_path(ref))
-        meta = ck["minisora"]
-        m = LitLM(kind, meta["config"], meta["n_codes"], meta["grid"], meta["vae"])
-        m.load_state_dict(ck["state_dict"])
-        m = m.to(device).eval()
-        vae = load_vae(meta["vae"], device)
-        for i in range(0, n, 8):  # batched: the KV cache makes each step cheap, a batch fills the matmuls
-            codes = m.sample_codes(min(8, n - i), seed=seed + i)
-            out.extend(to_uint8_frames(v) for v in vae.decode_codes(codes).cpu())
-    else:
-        raise ValueError(f"{ref} is a {kind!r} checkpoint: evaluate takes a diffusion or token-model checkpoint")
-    return np.stack(out)
+    m = load_generator(ref, "cuda" if torch.cuda.is_available() else "cpu")
+    return np.stack([to_uint8_frames(v) for v in generate_videos(m, n, 8, seed, sampler, steps)])
 
 
 def cached(path: Path, build, cls):

@@ -6,6 +6,7 @@ import torch
 
 from conftest import run
 from models.gpt import GPT, GPTConfig, sample_logits
+from minisora.video_io import read_video
 from models.mamba import MambaConfig, MambaLM, selective_scan, selective_scan_ref
 
 
@@ -110,6 +111,12 @@ def test_seed_commands_run_with_tiny_overrides(script, seed, tiny, tiny_stage_fi
     assert any(r.get("val/loss") for r in rows) and any(r.get("train/loss") for r in rows)
     assert list((d / "samples").glob("sample_*.mp4")) and "samples:" in out.stdout
     assert (d / "checkpoints/best.ckpt").exists()
+    if name in ("nanogpt", "mamba"):  # the checkpoint alone samples videos
+        smp = run("sample.py", ["--checkpoint", d / "checkpoints/last.ckpt", "--num_videos", 3, "--batch_size", 2,
+                                "--top_k", 5, "--output_dir", tmp_path / "smp"], tmp_path)
+        assert "top-k 5" in smp.stdout and (tmp_path / "smp/grid.gif").exists()
+        assert sorted(f.name for f in (tmp_path / "smp").glob("0*.mp4")) == ["000.mp4", "001.mp4", "002.mp4"]
+        assert read_video(tmp_path / "smp/000.mp4").shape == (8, 32, 32, 3)  # 2x8x8 codes through the s4t4 VQ-VAE
     if name == "nanogpt":  # resume continues from step 4
         more = TINY_LM[:TINY_LM.index("--max_iters")] + ["--max_iters", "6"] + TINY_LM[TINY_LM.index("--max_iters") + 2:]
         run(script, ["--tokens_input_file", tiny_stage_files["tokens"]] + more + tiny +
