@@ -99,7 +99,7 @@ def main(argv=None):
         else:
             frames = a.sequence_length * vae.temporal_stride
             data = VideoDataset(a.dataset, "train", resolution=a.resolution, sequence_length=frames, data_dir=a.data_dir,
-                                num_clips_per_video=a.num_clips_per_video, random_clip=True, as_uint8=True,
+                                num_clips_per_video=a.num_clips_per_video, random_clip=True, as_uint8=True, on_error=a.on_bad_video,
                                 return_metadata=a.extras == 2)
             mean, std = estimate_stats(vae, data, a.batch_size, a.latent_stat_batches)
         shape = vae.latent_shape(a.sequence_length * vae.temporal_stride, a.resolution, a.resolution) \

@@ -101,13 +101,13 @@ def main(argv=None):
     torch.set_float32_matmul_precision("high")
     out = run_dir(a, "train_vqvae")
     common = dict(dataset=a.dataset, data_dir=a.data_dir, resolution=a.resolution, sequence_length=a.sequence_length,
-                  frame_stride=a.frame_stride, as_uint8=True)
-    train = VideoDataset(split="train", random_clip=True, max_videos=a.max_videos, **common)
-    val = VideoDataset(split="val", **common)
+                  frame_stride=a.frame_stride, as_uint8=True, on_error=a.on_bad_video)
     try:
+        train = VideoDataset(split="train", random_clip=True, max_videos=a.max_videos, **common)
+        val = VideoDataset(split="val", **common)
         from models.vqvae import VideoVAE
         VideoVAE(cfg).latent_shape(a.sequence_length, a.resolution, a.resolution)
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     loader = dict(batch_size=a.batch_size, num_workers=a.num_workers, pin_memory=torch.cuda.is_available(),
                   persistent_workers=a.num_workers > 0, collate_fn=collate_videos)

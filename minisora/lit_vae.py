@@ -71,9 +71,9 @@ class LitVAE(L.LightningModule):
         x = to_model_range(batch["video"])
         out = self.model(x, sample_posterior=False)
         b = len(x)
-        self.log_dict({"val/recon_loss": out["recon_loss"], "val/kl_loss": out["kl_loss"],
-                       "val/psnr": psnr(out["recon"], x).mean(), "val/ssim": ssim(out["recon"], x).mean()},
-                      sync_dist=True, batch_size=b)
+        self.log_dict({"val/recon_loss": out["recon_loss"], "val/kl_loss": out["kl_loss"]}, sync_dist=True, batch_size=b)
+        self.log_dict({"val/psnr": psnr(out["recon"], x).mean(), "val/ssim": ssim(out["recon"], x).mean()},
+                      sync_dist=True, batch_size=b, prog_bar=True)  # shown in the progress bar
         if self.config.quantize:
             self.val_counts += out["counts"]
         if batch_idx == 0 and self.trainer.is_global_zero and not self.trainer.sanity_checking:
@@ -85,7 +85,7 @@ class LitVAE(L.LightningModule):
             return
         counts = _all_reduce(self.val_counts.clone())
         p = counts / counts.sum().clamp_min(1)
-        self.log("val/codebook_usage", (counts > 0).float().mean() * 100, sync_dist=False)
+        self.log("val/codebook_usage", (counts > 0).float().mean() * 100, sync_dist=False, prog_bar=True)
         self.log("val/perplexity", torch.exp(-(p * p.clamp_min(1e-10).log()).sum()), sync_dist=False)
         self.val_counts.zero_()
 

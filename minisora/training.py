@@ -35,6 +35,8 @@ def add_common_args(p: argparse.ArgumentParser, project: str) -> None:
     g = p.add_argument_group("run / hardware (shared by every training script)")
     g.add_argument("--dataset", default="flying_mnist", help="reads data/<dataset>/{train,val} (or a folder path)")
     g.add_argument("--data_dir", default="data")
+    g.add_argument("--on_bad_video", default="skip", choices=["skip", "raise"],
+                   help="a corrupt, empty or too-short video: warn (naming it) and use the next one, or stop")
     g.add_argument("--output_dir", default="runs", help="runs/<script>/<run_name>/ holds config, metrics, samples, checkpoints")
     g.add_argument("--run_name", default=None, help="default: a timestamp")
     g.add_argument("--devices", "--gpus", dest="devices", default="auto",

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from conftest import ROOT
+from conftest import ROOT, run
 from minisora.data import VideoDataset, collate_videos, frames_to_tensor, to_model_range
 from minisora.video_io import VideoReadError, available_backends, read_video, to_uint8_frames, write_gif, write_video
 
@@ -100,6 +100,19 @@ def test_bad_videos_skipped_with_warning_or_raised(tmp_path, tiny_data):
     for i, what in [(1, "empty"), (3, "00003.mp4"), (4, "too short")]:
         with pytest.raises(VideoReadError, match=what):
             strict[i]
+
+
+def test_training_script_on_bad_videos_and_missing_data(tmp_path, tiny_data):
+    root = _bad_dataset(tmp_path, tiny_data)
+    (root / "bad" / "val").symlink_to(root / "bad" / "train")
+    args = ["--dataset", "bad", "--data_dir", root, "--resolution", 32, "--sequence_length", 8, "--channels", 8, 8, 8,
+            "--epochs", 1, "--batch_size", 5, "--num_workers", 0, "--output_dir", tmp_path / "runs", "--run_name", "r"]
+    skip = run("train_vqvae.py", args + ["--network_variant", "s4t4_b"], tmp_path)
+    assert "skipping bad video" in skip.stderr and (tmp_path / "runs/train_vqvae/r/checkpoints/last.ckpt").exists()
+    strict = run("train_vqvae.py", args + ["--network_variant", "s4t4_b", "--on_bad_video", "raise"], tmp_path, ok=False)
+    assert strict.returncode != 0 and "VideoReadError" in strict.stderr
+    missing = run("train_vqvae.py", ["--dataset", "nothing_here", "--data_dir", root], tmp_path, ok=False)
+    assert missing.returncode != 0 and "generate_flying_mnist.py" in missing.stderr and "Traceback" not in missing.stderr
 
 
 @pytest.mark.skipif("decord" not in available_backends(), reason="decord not installed")
