@@ -24,14 +24,16 @@ def main(argv=None):
     m.add_argument("--n_embd", type=int, default=768)
     m.add_argument("--pos_emb", default="3d", choices=["3d", "1d"], help="absolute position embedding of the code grid")
     m.add_argument("--sparse_context_window", action="store_true",
-                   help="upstream experiment (strided context); not implemented here: the full window is used")
-    m.add_argument("--context_stride", type=int, default=2, help="with --sparse_context_window (unused)")
-    m.add_argument("--context_stride_start", type=int, default=32, help="with --sparse_context_window (unused)")
+                   help="upstream's experiment: the context keeps its last --context_stride_start tokens densely and "
+                        "every --context_stride-th token before them, so block_size tokens reach further back "
+                        "(sampling then recomputes the window every step: no KV cache)")
+    m.add_argument("--context_stride", type=int, default=2, help="with --sparse_context_window")
+    m.add_argument("--context_stride_start", type=int, default=32, help="with --sparse_context_window: dense tail length")
     m.add_argument("--mamba", action="store_true", help="use Mamba blocks instead of attention (as train_latent_mamba.py)")
     add_lm_args(p)
     a = p.parse_args(argv)
-    if a.sparse_context_window:
-        sys.exit("error: --sparse_context_window is not supported (upstream experiment); the KV cache makes full windows cheap")
+    if a.sparse_context_window and a.mamba:
+        sys.exit("error: --sparse_context_window is for the transformer (a Mamba state already summarises all the past)")
     try:
         arr, meta, n_codes, vae = load_tokens(a)
     except (ValueError, FileNotFoundError, ConnectionError) as e:
@@ -42,7 +44,16 @@ def main(argv=None):
         return
     cfg = dict(vocab_size=n_codes + 1, grid=list(arr.shape[1:]), block_size=a.block_size, n_layer=a.n_layer,
                n_head=a.n_head, n_embd=a.n_embd, dropout=a.dropout, pos_emb=a.pos_emb)
-    fit_lm(a, "gpt", cfg, arr, n_codes, vae, "train_latent_nanogpt")
+    context = None
+    if a.sparse_context_window:
+        context = (a.context_stride, a.context_stride_start)
+        cfg.update(context_stride=a.context_stride, context_dense=a.context_stride_start)
+    try:
+        from models.gpt import GPTConfig
+        GPTConfig(**cfg)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    fit_lm(a, "gpt", cfg, arr, n_codes, vae, "train_latent_nanogpt", context=context)
 
 
 if __name__ == "__main__":

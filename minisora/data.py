@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, default_collate, get_worker_info
 
 from minisora.video_io import VideoReadError, list_videos, read_video, video_info
+from models.gpt import context_positions
 
 GENERATE_HINT = (
     "Generate Flying MNIST with `python generate_flying_mnist.py --name {name}` (add e.g. --resolution 64 "
@@ -234,12 +235,14 @@ class TokenWindows(Dataset):
     """Training windows over videos of VQ codes: each row of a tokens file (N, t, h, w) is one video,
     flattened to the sequence [BOS, c_0, c_1, ...]; an item is a random window of block_size + 1 tokens of
     one video (windows never cross videos): x = window[:-1], y = window[1:], `start` = x's sequence position.
+    context=(stride, dense): sparse windows (models.gpt.context_positions): x = the tokens at those
+    positions, y = each one's next token, `start` = the positions (block_size,).
     `samples_per_epoch` items are drawn per epoch (videos uniformly, offsets uniformly)."""
 
     def __init__(self, array: np.ndarray, rows: range, block_size: int, bos: int, samples_per_epoch: int = 10000,
-                 only_predict_last: bool = False):
+                 only_predict_last: bool = False, context: tuple[int, int] | None = None):
         self.array, self.rows, self.block_size, self.bos = array, rows, block_size, bos
-        self.only_predict_last = only_predict_last
+        self.only_predict_last, self.context = only_predict_last, context
         self.seq_len = int(np.prod(array.shape[1:])) + 1
         if block_size + 1 > self.seq_len:
             raise ValueError(f"block_size {block_size} + 1 > tokens per video + BOS ({self.seq_len})")
@@ -253,8 +256,12 @@ class TokenWindows(Dataset):
         row = self.rows[int(torch.randint(0, len(self.rows), (), generator=g).item())]
         start = int(torch.randint(0, self.seq_len - self.block_size, (), generator=g).item())
         codes = np.asarray(self.array[row]).reshape(-1).astype(np.int64)
-        seq = np.concatenate([[self.bos], codes])[start:start + self.block_size + 1]
-        seq = torch.from_numpy(seq)
+        full = np.concatenate([[self.bos], codes])
+        if self.context is not None:  # sparse window predicting the token after position q = start + block_size - 1
+            pos = np.asarray(context_positions(start + self.block_size, self.block_size, *self.context))
+            x, y = torch.from_numpy(full[pos]), torch.from_numpy(full[pos + 1])
+            return {"x": x, "y": y, "start": torch.from_numpy(pos), "row": row}
+        seq = torch.from_numpy(full[start:start + self.block_size + 1])
         x, y = seq[:-1], seq[1:].clone()
         if self.only_predict_last:  # a growing prefix predicts one next token: loss on a random position only
             k = int(torch.randint(0, self.block_size, (), generator=g).item())

@@ -178,7 +178,8 @@ def load_tokens(a):
     return arr, meta, n_codes, vae
 
 
-def fit_lm(a, kind: str, model_config: dict, arr, n_codes: int, vae, script: str, only_predict_last: bool = False):
+def fit_lm(a, kind: str, model_config: dict, arr, n_codes: int, vae, script: str, only_predict_last: bool = False,
+           context: tuple[int, int] | None = None):
     import numpy as np
     from lightning.pytorch.callbacks import ModelCheckpoint
     from torch.utils.data import DataLoader
@@ -192,8 +193,9 @@ def fit_lm(a, kind: str, model_config: dict, arr, n_codes: int, vae, script: str
     n_val = max(1, int(len(arr) * a.val_fraction)) if len(arr) > 1 else 0
     train_rows, val_rows = range(0, len(arr) - n_val), range(len(arr) - n_val, len(arr))
     per_epoch = a.eval_interval * a.batch_size * a.gradient_accumulation_steps
-    train = TokenWindows(arr, train_rows, a.block_size, n_codes, per_epoch, only_predict_last)
-    val = TokenWindows(arr, val_rows or train_rows, a.block_size, n_codes, a.eval_iters * a.batch_size, only_predict_last)
+    train = TokenWindows(arr, train_rows, a.block_size, n_codes, per_epoch, only_predict_last, context)
+    val = TokenWindows(arr, val_rows or train_rows, a.block_size, n_codes, a.eval_iters * a.batch_size, only_predict_last,
+                       context)
     out = run_dir(a, script)
     module = LitLM(kind, model_config, n_codes, list(arr.shape[1:]), vae.reference, a.learning_rate, a.min_lr,
                    a.warmup_iters, a.lr_decay_iters, a.beta2, a.weight_decay, a.sample_interval, str(out / "samples"),

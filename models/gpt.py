@@ -27,11 +27,16 @@ class GPTConfig:
     dropout: float = 0.2
     bias: bool = True
     pos_emb: str = "3d"              # "3d": factorised t/h/w tables; "1d": one table over the whole video
+    context_stride: int = 1          # > 1: sparse context window (see context_positions)
+    context_dense: int = 32          # with context_stride > 1: the last tokens kept densely
 
     def __post_init__(self):
         self.grid = tuple(int(g) for g in self.grid)
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd {self.n_embd} not divisible by n_head {self.n_head}")
+        if self.context_stride < 1 or (self.context_stride > 1 and not 0 < self.context_dense < self.block_size):
+            raise ValueError(f"sparse context needs context_stride >= 1 and 0 < context_dense ({self.context_dense}) "
+                             f"< block_size ({self.block_size})")
 
     @property
     def seq_len(self) -> int:
@@ -41,6 +46,21 @@ class GPTConfig:
         d = asdict(self)
         d["grid"] = list(self.grid)
         return d
+
+
+def context_positions(length: int, block_size: int, stride: int = 1, dense: int = 0) -> list[int]:
+    """Sequence positions (ascending) a model reads to predict the token at position `length`.
+
+    stride 1: the last block_size tokens. stride s > 1 (upstream's --sparse_context_window): the last
+    `dense` tokens, then every s-th token before them, block_size tokens in all, reaching back
+    (block_size - dense) * s + dense tokens; until the sequence is that long, the plain dense window."""
+    if length <= block_size:
+        return list(range(length))
+    span = (block_size - dense) * stride + dense
+    if stride == 1 or length < span:
+        return list(range(length - block_size, length))
+    first = length - dense - stride * (block_size - dense)
+    return list(range(first, length - dense, stride)) + list(range(length - dense, length))
 
 
 class CausalSelfAttention(nn.Module):
@@ -125,11 +145,14 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor, start: int | torch.Tensor = 0, targets: torch.Tensor | None = None,
                 caches: list | None = None):
-        """idx (B, L) tokens whose first sits at sequence position `start` (int or (B,) tensor).
-        Returns (logits (B, L, V), loss or None)."""
+        """idx (B, L) tokens whose first sits at sequence position `start` (int or (B,) tensor), or at
+        explicit positions `start` (B, L) (sparse context windows). Returns (logits (B, L, V), loss or None)."""
         b, l = idx.shape
-        start = torch.as_tensor(start, device=idx.device).view(-1, 1)
-        pos = start + torch.arange(l, device=idx.device)[None]
+        start = torch.as_tensor(start, device=idx.device)
+        if start.dim() == 2:
+            pos = start
+        else:
+            pos = start.view(-1, 1) + torch.arange(l, device=idx.device)[None]
         x = self.drop(self.wte(idx) + self.position(pos))
         for i, blk in enumerate(self.blocks):
             x = blk(x, None if caches is None else caches[i])
@@ -145,7 +168,14 @@ class GPT(nn.Module):
         window slides over a KV cache (constant cost per token); without it every step recomputes the
         last block_size tokens (the reference). `allowed` restricts sampling to tokens < allowed (codes)."""
         seq = prompt
-        bs = self.config.block_size
+        bs, stride = self.config.block_size, self.config.context_stride
+        if stride > 1:  # sparse context: the strided part shifts every step, so no cache (as upstream)
+            for _ in range(max_new_tokens):
+                pos = context_positions(seq.shape[1], bs, stride, self.config.context_dense)
+                pos_t = torch.tensor(pos, device=seq.device)
+                logits, _ = self(seq[:, pos_t], start=pos_t.expand(len(seq), -1))
+                seq = torch.cat([seq, sample_logits(logits[:, -1].float(), temperature, top_k, top_p, allowed, generator)], 1)
+            return seq
         caches = [{"max": bs - 1} for _ in self.blocks] if use_cache else None
         logits, _ = self(seq[:, -bs:], start=max(0, seq.shape[1] - bs), caches=caches)
         for _ in range(max_new_tokens):

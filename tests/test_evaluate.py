@@ -54,6 +54,15 @@ def test_fmd_real_small_noise_large(tiny_data, real):
     assert frechet_distance(fa, fb) * 5 < frechet_distance(fn, fb)
 
 
+def test_bounce_fit_residuals():
+    from minisora.evaluation import bounce_fit_residuals
+    x = np.abs((np.arange(16) * 3.0 + 40) % 80 - 40) + 10  # bounces between 10 and 50 at 3 px/frame
+    y = 20 + 1.5 * np.arange(16)                           # straight
+    assert np.abs(bounce_fit_residuals(np.stack([y, x], 1))).max() < 1e-9
+    jitter = np.stack([y, x + np.where(np.arange(16) % 2, 2.0, -2.0)], 1)
+    assert np.sqrt((bounce_fit_residuals(jitter) ** 2).mean()) > 1.0  # back-and-forth is not a bounce
+
+
 def test_legibility_and_motion_sanity(real, classifier):
     r = legibility_and_motion(real, classifier)
     rng = np.random.default_rng(0)

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from conftest import run
-from models.gpt import GPT, GPTConfig, sample_logits
+from minisora.data import TokenWindows
 from minisora.video_io import read_video
+from models.gpt import GPT, GPTConfig, context_positions, sample_logits
 from models.mamba import MambaConfig, MambaLM, selective_scan, selective_scan_ref
 
 
@@ -32,6 +33,35 @@ def test_kv_cache_matches_full_recompute(pos_emb):
     # past block_size the window slides: every token keeps its absolute position, codes stay in range
     long = m.generate(prompt, 29, temperature=1.0, top_k=10, allowed=32, generator=torch.Generator().manual_seed(0))
     assert long.shape == (2, 33) and int(long[:, 1:].max()) < 32
+
+
+def test_sparse_context_window():
+    assert context_positions(5, 8, 2, 3) == [0, 1, 2, 3, 4]                      # short sequence: all of it
+    assert context_positions(10, 8, 2, 3) == list(range(2, 10))                # not yet the sparse span (13)
+    assert context_positions(13, 8, 2, 3) == [0, 2, 4, 6, 8, 10, 11, 12]       # 5 strided + 3 dense
+    assert context_positions(20, 8, 2, 3) == [7, 9, 11, 13, 15, 17, 18, 19]
+    assert context_positions(20, 8) == list(range(12, 20))                    # stride 1: the dense window
+    arr = torch.arange(2 * 2 * 4 * 4).view(2, 2, 4, 4).numpy() % 32             # 2 videos of 32 codes
+    ds = TokenWindows(arr, range(2), block_size=8, bos=32, samples_per_epoch=50, context=(2, 3))
+    seqs = [[32] + arr[r].reshape(-1).tolist() for r in range(2)]
+    for i in range(50):
+        it = ds[i]
+        pos = it["start"].tolist()
+        assert len(pos) == 8 and pos == context_positions(pos[-1] + 1, 8, 2, 3)
+        assert it["x"].tolist() == [seqs[it["row"]][p] for p in pos] and it["y"].tolist() == [seqs[it["row"]][p + 1] for p in pos]
+    m = tiny_gpt(context_stride=2, context_dense=3, block_size=8)
+    batch = torch.utils.data.default_collate([ds[0], ds[1]])
+    logits, loss = m(batch["x"], start=batch["start"], targets=batch["y"])
+    assert logits.shape == (2, 8, 33) and torch.isfinite(loss)
+    prompt = torch.tensor([[32, 5, 7, 1]])
+    out = m.generate(prompt, 29, temperature=0, allowed=32)
+    # each new token is predicted from exactly the sparse context the training windows use
+    for length in (12, 20, 32):
+        pos = torch.tensor(context_positions(length, 8, 2, 3))
+        ref, _ = m(out[:, pos], start=pos[None])
+        assert int(ref[0, -1, :32].argmax()) == int(out[0, length])
+    with pytest.raises(ValueError, match="context_dense"):
+        GPTConfig(block_size=8, context_stride=2, context_dense=8)
 
 
 def test_no_future_leakage():
@@ -122,3 +152,17 @@ def test_seed_commands_run_with_tiny_overrides(script, seed, tiny, tiny_stage_fi
         run(script, ["--tokens_input_file", tiny_stage_files["tokens"]] + more + tiny +
             ["--output_dir", tmp_path, "--run_name", "resumed", "--resume_from", d / "checkpoints/last.ckpt"], tmp_path)
         assert torch.load(tmp_path / script[:-3] / "resumed/checkpoints/last.ckpt", weights_only=True)["global_step"] == 6
+
+
+def test_sparse_context_window_script(tiny_stage_files, tmp_path):
+    args = ["--tokens_input_file", tiny_stage_files["tokens"], *TINY_LM, "--block_size", "64", "--n_layer", "1",
+            "--n_head", "2", "--n_embd", "32", "--output_dir", tmp_path, "--run_name", "sparse",
+            "--sparse_context_window", "--context_stride", "2", "--context_stride_start", "16"]
+    run("train_latent_nanogpt.py", args, tmp_path)
+    ckpt = torch.load(tmp_path / "train_latent_nanogpt/sparse/checkpoints/last.ckpt", weights_only=True)
+    assert ckpt["minisora"]["config"]["context_stride"] == 2 and ckpt["minisora"]["config"]["context_dense"] == 16
+    smp = run("sample.py", ["--checkpoint", tmp_path / "train_latent_nanogpt/sparse/checkpoints/last.ckpt",
+                            "--num_videos", 1, "--output_dir", tmp_path / "smp"], tmp_path)
+    assert (tmp_path / "smp/000.mp4").exists() and "1 videos" in smp.stdout
+    bad = run("train_latent_nanogpt.py", args[:-4] + ["--context_stride_start", "64"], tmp_path, ok=False)
+    assert bad.returncode != 0 and "context_dense" in bad.stderr and "Traceback" not in bad.stderr
