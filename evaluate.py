@@ -92,7 +92,7 @@ def main(argv=None):
     real_a, real_b = real(val, a.num_real), real(train, a.num_real, offset=max(0, len(train) - a.num_real))
     cache = Path(a.cache_dir)
     feat_train = VideoDataset(split="train", resolution=a.resolution, random_clip=True, **common)
-    fnet = cached(cache / f"features_{Path(a.dataset).name}.pt", lambda: train_feature_net(feat_train, a.feature_steps), FeatureNet)
+    fnet = cached(cache / f"features_v2_{Path(a.dataset).name}.pt", lambda: train_feature_net(feat_train, a.feature_steps), FeatureNet)
     clf = cached(cache / "digit_cnn.pt", lambda: train_digit_classifier()[0], DigitCNN)
 
     sets = {"real (val)": real_a}

@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 FEAT_T, FEAT_R = 16, 64  # the feature network sees 16 frames at 64²
+WHERE_T, WHERE_G = 4, 4   # "where the digits move" targets: 4 time quarters x a 4x4 grid
 
 
 def to_float(videos: np.ndarray) -> torch.Tensor:
@@ -43,7 +44,8 @@ def fit_clip(x: torch.Tensor, t: int = FEAT_T, r: int = FEAT_R) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------ feature net
 class FeatureNet(nn.Module):
-    """Small 3D CNN -> 256-d features; heads: digits present (10), digit count, mean speed, frames-in-order."""
+    """Small 3D CNN -> 256-d features; heads: digits present (10), digit count, mean speed, frames-in-order,
+    and where the digits move (WHERE_T time quarters x WHERE_G² cells: is a digit centre there)."""
 
     def __init__(self, width: int = 32, dim: int = 256):
         super().__init__()
@@ -53,7 +55,7 @@ class FeatureNet(nn.Module):
             return nn.Sequential(nn.Conv3d(i, o, 3, s, 1), nn.GroupNorm(8, o), nn.SiLU())
         self.body = nn.Sequential(block(3, w, (1, 2, 2)), block(w, 2 * w, (2, 2, 2)), block(2 * w, 4 * w, (2, 2, 2)),
                                   block(4 * w, 4 * w, (2, 2, 2)), block(4 * w, dim, (1, 2, 2)))
-        self.heads = nn.Linear(dim, 10 + 1 + 1 + 1)
+        self.heads = nn.Linear(dim, 10 + 1 + 1 + 1 + WHERE_T * WHERE_G * WHERE_G)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(fit_clip(x)).mean((2, 3, 4))
@@ -62,12 +64,23 @@ class FeatureNet(nn.Module):
         return self.heads(self.features(x))
 
 
-def _targets(meta: dict, resolution: int) -> torch.Tensor:
-    y = torch.zeros(10 + 2)
+def _targets(meta: dict, start: int = 0, frames: int | None = None) -> torch.Tensor:
+    """Supervision of one clip (frames [start, start + frames) of a video) from its generator metadata:
+    digits present (10), count, mean speed, then the WHERE_T x WHERE_G x WHERE_G occupancy of digit centres."""
+    frames = frames or meta["num_frames"] - start
+    y = torch.zeros(12 + WHERE_T * WHERE_G * WHERE_G)
     y[meta["labels"]] = 1
     y[10] = len(meta["labels"]) / 2.0
     v = np.asarray(meta["velocities"], np.float64)  # (digits, frames, 2) in generated-frame pixels
     y[11] = float(np.linalg.norm(v, axis=-1).mean()) * FEAT_R / meta["resolution"] / 4.0
+    pos = np.asarray(meta["positions"], np.float64)[:, start:start + frames]  # (digits, frames, [x, y]) top-left
+    centre = (pos + np.asarray(meta["sizes"], np.float64)[:, None, None] / 2) / meta["resolution"]
+    cell = np.clip((centre * WHERE_G).astype(int), 0, WHERE_G - 1)
+    quarter = np.arange(pos.shape[1]) * WHERE_T // pos.shape[1]
+    where = np.zeros((WHERE_T, WHERE_G, WHERE_G), np.float32)
+    for d in range(len(pos)):
+        where[quarter, cell[d, :, 1], cell[d, :, 0]] = 1
+    y[12:] = torch.from_numpy(where.reshape(-1))
     return y
 
 
@@ -89,13 +102,17 @@ def train_feature_net(dataset, steps: int = 300, batch_size: int = 16, seed: int
     while step < steps:
         for batch in loader:
             x = fit_clip(to_model_range(batch["video"]) if batch["video"].dtype == torch.uint8 else batch["video"])
-            y = torch.stack([_targets(meta[dataset.files[i].relative_to(dataset.dir).as_posix()], 0) for i in batch["index"]])
+            frames = dataset.span
+            y = torch.stack([_targets(meta[dataset.files[i].relative_to(dataset.dir).as_posix()], int(s), frames)
+                             for i, s in zip(batch["index"], batch["start"])])
             shuffled = torch.rand(len(x)) < 0.5
             for j in torch.nonzero(shuffled).flatten():
                 x[j] = x[j][:, torch.randperm(x.shape[2])]
             out = net(x)
+            where = F.binary_cross_entropy_with_logits(out[:, 13:], y[:, 12:], reduction="none").mean(1)
             loss = (F.binary_cross_entropy_with_logits(out[:, :10], y[:, :10]) + F.mse_loss(out[:, 10:12], y[:, 10:12])
-                    + F.binary_cross_entropy_with_logits(out[:, 12], (~shuffled).float()))
+                    + F.binary_cross_entropy_with_logits(out[:, 12], (~shuffled).float())
+                    + (where * ~shuffled).sum() / (~shuffled).sum().clamp_min(1))  # shuffled clips: no trajectory
             opt.zero_grad()
             loss.backward()
             opt.step()

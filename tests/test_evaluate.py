@@ -54,6 +54,18 @@ def test_fmd_real_small_noise_large(tiny_data, real):
     assert frechet_distance(fa, fb) * 5 < frechet_distance(fn, fb)
 
 
+def test_feature_targets_say_where_digits_move():
+    from minisora.evaluation import _targets
+    meta = {"labels": [3], "num_frames": 8, "resolution": 64, "sizes": [16], "velocities": [[[4, 0]] * 8],
+            "positions": [[[4 * t, 0] for t in range(8)]]}  # centre moves from x=8 to x=36 along the top row
+    y = _targets(meta, start=0, frames=8)
+    assert y[3] == 1 and y[:10].sum() == 1 and y[10] == 0.5
+    where = y[12:].view(4, 4, 4)  # (time quarter, row, column)
+    assert where[:, 1:].sum() == 0  # never below the top row
+    assert where[0, 0].tolist() == [1, 0, 0, 0] and where[3, 0].tolist() == [0, 0, 1, 0]  # left, then right
+    assert _targets(meta, start=4, frames=4)[12:].view(4, 4, 4)[0, 0].tolist() == [0, 1, 0, 0]
+
+
 def test_bounce_fit_residuals():
     from minisora.evaluation import bounce_fit_residuals
     x = np.abs((np.arange(16) * 3.0 + 40) % 80 - 40) + 10  # bounces between 10 and 50 at 3 px/frame
