@@ -77,15 +77,20 @@ class LitDiffusion(L.LightningModule):
         if norms:
             self.log("train/grad_norm", torch.stack(norms).norm())
 
-    def on_train_batch_end(self, outputs, batch, batch_idx):
-        if self.trainer.fit_loop._should_accumulate():  # EMA and sampling follow optimizer steps
-            return
+    def optimizer_step(self, *args, **kwargs):
+        """The optimizer step, then the EMA update: inside the step (not in on_train_batch_end, which runs after
+        the checkpoint callbacks), so a checkpoint's EMA matches its weights and a resume continues exactly."""
+        super().optimizer_step(*args, **kwargs)
         # EMA warm-up: the decay grows as (1+n)/(10+n) up to --ema_decay, so a short run's EMA is not
         # dominated by the initial weights (0.9999 ** 2000 still keeps 82% of them)
-        n = self.global_step
+        n = self.global_step + 1  # optimizer steps done, this one included
         d = min(self.hparams.ema_decay, (1.0 + n) / (10.0 + n)) if n > 1 else 0.0
         ema_p, p = list(self.ema.parameters()), list(self.model.parameters())
         torch._foreach_lerp_(ema_p, [x.detach() for x in p], 1.0 - d)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if self.trainer.fit_loop._should_accumulate():  # sampling follows optimizer steps
+            return
         every = self.hparams.sample_every
         if every and self.global_step % every == 0 and self.trainer.is_global_zero:
             self.sample_and_save(f"step{self.global_step:07d}")
@@ -163,13 +168,12 @@ def latent_stats_from(meta: dict, array, codebook=None, rows: int = 256) -> tupl
 
 def fit(a, module: "LitDiffusion", train_data, out, script: str, callbacks=()) -> None:
     """Train with the project's Trainer, checkpoint every a.ckpt_every steps (+ last.ckpt), resume if asked."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
     from torch.utils.data import DataLoader
 
-    from minisora.training import make_trainer, resume_checkpoint
+    from minisora.training import checkpoint_callback, make_trainer, resume_checkpoint
 
-    ckpt = ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="step{step:07d}", auto_insert_metric_name=False,
-                           every_n_train_steps=a.ckpt_every, save_last=True, save_top_k=-1)
+    ckpt = checkpoint_callback(dirpath=str(out / "checkpoints"), filename="step{step:07d}", auto_insert_metric_name=False,
+                               every_n_train_steps=a.ckpt_every, save_top_k=-1)
     trainer = make_trainer(a, out, callbacks=[ckpt, *callbacks], max_epochs=a.epochs, max_steps=a.max_steps, max_time=a.max_time,
                            accumulate_grad_batches=a.accumulate_grad_batches, log_every_n_steps=a.log_every,
                            gradient_clip_val=a.clip_grad or None, limit_val_batches=0, num_sanity_val_steps=0)
@@ -180,7 +184,6 @@ def fit(a, module: "LitDiffusion", train_data, out, script: str, callbacks=()) -
                         persistent_workers=a.num_workers > 0, collate_fn=collate_videos)
     resume = resume_checkpoint(a.resume_from)
     trainer.fit(module, loader, ckpt_path=resume)
-    trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")  # every rank: it synchronises, rank 0 writes
     if trainer.is_global_zero:
         path = module.sample_and_save(f"final_step{module.global_step:07d}")
         print(f"[{script}] done at step {module.global_step}. checkpoint: {out / 'checkpoints' / 'last.ckpt'}\n"

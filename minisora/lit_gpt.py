@@ -181,11 +181,10 @@ def load_tokens(a):
 def fit_lm(a, kind: str, model_config: dict, arr, n_codes: int, vae, script: str, only_predict_last: bool = False,
            context: tuple[int, int] | None = None):
     import numpy as np
-    from lightning.pytorch.callbacks import ModelCheckpoint
     from torch.utils.data import DataLoader
 
     from minisora.data import TokenWindows
-    from minisora.training import make_trainer, resume_checkpoint, run_dir
+    from minisora.training import checkpoint_callback, make_trainer, resume_checkpoint, run_dir
 
     if a.log_dir:
         a.output_dir = a.log_dir
@@ -205,8 +204,8 @@ def fit_lm(a, kind: str, model_config: dict, arr, n_codes: int, vae, script: str
     n = sum(p.numel() for p in module.model.parameters())
     print(f"[{script}] {kind} {n / 1e6:.2f}M params, vocab {n_codes}+BOS, grid {tuple(arr.shape[1:])} "
           f"({int(np.prod(arr.shape[1:]))} tokens/video), {len(train_rows)} train / {n_val} val videos; run dir {out}")
-    ckpt = ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="best", monitor="val/loss", mode="min",
-                           save_top_k=1, save_last=True)
+    ckpt = checkpoint_callback(dirpath=str(out / "checkpoints"), filename="best", monitor="val/loss", mode="min",
+                               save_top_k=1)
     trainer = make_trainer(a, out, callbacks=[ckpt], max_steps=a.max_iters, max_epochs=-1, max_time=a.max_time,
                            accumulate_grad_batches=a.gradient_accumulation_steps, log_every_n_steps=a.log_interval,
                            gradient_clip_val=a.grad_clip or None, num_sanity_val_steps=0)
@@ -216,7 +215,6 @@ def fit_lm(a, kind: str, model_config: dict, arr, n_codes: int, vae, script: str
               persistent_workers=a.num_workers > 0)
     resume = resume_checkpoint(a.resume_from)
     trainer.fit(module, DataLoader(train, **kw), DataLoader(val, **kw), ckpt_path=resume)
-    trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")  # every rank: it synchronises, rank 0 writes
     if trainer.is_global_zero:
         path = module.sample_and_save(f"final_step{module.global_step:07d}")
         print(f"[{script}] done at step {module.global_step}, val/loss {float(trainer.callback_metrics.get('val/loss', float('nan'))):.4f}."

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import time
 from pathlib import Path
 
@@ -109,8 +110,66 @@ def make_loggers(args, out: Path):
     return loggers
 
 
+def checkpoint_callback(**kw):
+    """Lightning's ModelCheckpoint (kw as for it, save_last=True) that also writes last.ckpt at the step where
+    training stops (--max_steps, --max_time, --epochs or should_stop), from inside the loop, so the file
+    resumes like any other Lightning checkpoint (one saved after fit() returns restarts its epoch accounting
+    wrongly)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    class FinalCheckpoint(ModelCheckpoint):
+        def _save_final(self, trainer):
+            if not self._should_skip_saving_checkpoint(trainer):
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+            if trainer.should_stop or (trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps):
+                self._save_final(trainer)
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            super().on_train_epoch_end(trainer, pl_module)
+            if trainer.max_epochs not in (None, -1) and trainer.current_epoch + 1 >= trainer.max_epochs:
+                self._save_final(trainer)
+
+    return FinalCheckpoint(save_last=True, **kw)
+
+
+def _rng_callback():
+    from lightning.pytorch.callbacks import Callback
+
+    class RNGState(Callback):
+        """Saves the random generators' states in every checkpoint and restores them on resume, so a run
+        resumed at an epoch boundary draws the same noise and data order as one never stopped. In DDP every
+        rank restores rank 0's state and then forks it by its rank (ranks must not share noise)."""
+
+        def state_dict(self):
+            st = {"torch": torch.get_rng_state(), "python": random.getstate()}
+            kind, keys, pos, has_gauss, gauss = np.random.get_state()
+            st["numpy"] = (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)
+            if torch.cuda.is_available():
+                st["cuda"] = torch.cuda.get_rng_state_all()
+            return st
+
+        def load_state_dict(self, st):
+            torch.set_rng_state(st["torch"])
+            random.setstate(st["python"])
+            kind, keys, pos, has_gauss, gauss = st["numpy"]
+            np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+            if "cuda" in st and torch.cuda.is_available() and len(st["cuda"]) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(st["cuda"])
+            if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
+                fork = int(torch.randint(0, 2**62, ())) + torch.distributed.get_rank()
+                torch.manual_seed(fork)
+                random.seed(fork)
+                np.random.seed(fork % 2**32)
+
+    return RNGState()
+
+
 def make_trainer(args, out: Path, callbacks=(), **kw):
-    """A Lightning Trainer with this project's defaults: DDP when devices > 1, bf16 on GPU, atomic checkpoints."""
+    """A Lightning Trainer with this project's defaults: DDP when devices > 1, bf16 on GPU, atomic checkpoints,
+    random-generator states saved in checkpoints (exact resume at epoch boundaries)."""
     import lightning as L
 
     devices = parse_devices(str(args.devices))
@@ -118,7 +177,7 @@ def make_trainer(args, out: Path, callbacks=(), **kw):
     return L.Trainer(
         accelerator=args.accelerator, devices=devices, num_nodes=args.num_nodes,
         strategy="ddp" if multi else "auto", precision=args.precision or default_precision(),
-        logger=make_loggers(args, out), callbacks=list(callbacks), plugins=[AtomicCheckpointIO()],
+        logger=make_loggers(args, out), callbacks=[*callbacks, _rng_callback()], plugins=[AtomicCheckpointIO()],
         default_root_dir=str(out), **kw)
 
 

@@ -78,6 +78,19 @@ def test_iddpm_resume_continues(first_iddpm, tiny_vaes, tiny_stage_files, tmp_pa
     assert "Restoring states from the checkpoint" in out.stdout + out.stderr
 
 
+def test_iddpm_resume_is_exact(tiny_vaes, tiny_stage_files, tmp_path):
+    """3 steps + resume to 5 gives the weights of 5 uninterrupted steps (the checkpoint holds the RNG states;
+    3 steps of batch 4 over the 12 latents rows end an epoch, so the data order is restored too)."""
+    base = _fmt(SEED_IDDPM[0], kl=tiny_vaes["kl"], latents=tiny_stage_files["latents"]) + TINY_STDIT + \
+        ["--batch_size", "4", "--output_dir", tmp_path]
+    run("iddpm.py", base + ["--max_steps", "3", "--run_name", "a"], tmp_path)
+    run("iddpm.py", base + ["--max_steps", "5", "--run_name", "b", "--resume_from", tmp_path / "iddpm/a/checkpoints/last.ckpt"],
+        tmp_path)
+    run("iddpm.py", base + ["--max_steps", "5", "--run_name", "c"], tmp_path)
+    b, c = (torch.load(tmp_path / f"iddpm/{r}/checkpoints/last.ckpt", weights_only=True)["state_dict"] for r in "bc")
+    assert b.keys() == c.keys() and all(torch.equal(b[k], c[k]) for k in b)
+
+
 def test_train_dit_seed_command_own_vae(tiny_data, tiny_vaes, tmp_path):
     seed = ("--model Latte-S/2 --vae_model {kl} --batch_size 2 --num_clips_per_video 10 --lr 0.00002 --resolution 256 "
             "--sequence_length 4 --latent_input_size 64 --ae_temporal_stride 4 --ae_spatial_stride 4 --learn_sigma "
