@@ -65,17 +65,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-class ClipFrom(L.Callback):
-    """Gradient clipping only from `start` on (upstream's --start_clip_iter)."""
-
-    def __init__(self, start: int, value: float):
-        self.start, self.value = start, value
-
-    def on_before_optimizer_step(self, trainer, module, optimizer):
-        if self.value and trainer.global_step >= self.start:
-            torch.nn.utils.clip_grad_norm_(module.model.parameters(), self.value)
-
-
 def main(argv=None):
     a = parse_args(argv)
     L.seed_everything(a.seed, workers=True)
@@ -119,10 +108,9 @@ def main(argv=None):
                           sample_every=a.sample_every, sample_sampler=a.sampler, sample_steps=a.sample_steps,
                           num_samples=a.num_samples, sample_dir=str(out / "samples"), cfg_scale=a.cfg_scale)
     module.vae = vae
-    a.clip_grad, clip = 0, a.clip_grad  # clipping is done by ClipFrom (honours --start_clip_iter)
     n = sum(p.numel() for p in module.model.parameters())
     print(f"[train_dit] {a.model}: {n / 1e6:.2f}M params, latents {shape}, {len(data)} clips/epoch; run dir {out}")
-    fit(a, module, data, out, "train_dit", callbacks=[ClipFrom(a.start_clip_iter, clip)])
+    fit(a, module, data, out, "train_dit", clip_start=a.start_clip_iter)
 
 
 @torch.no_grad()

@@ -123,7 +123,7 @@ def main(argv=None):
     trainer = make_trainer(a, out, callbacks=[ckpt], max_epochs=a.epochs, max_steps=a.max_steps, max_time=a.max_time,
                            accumulate_grad_batches=a.accumulate_grad_batches, limit_train_batches=a.limit_train_batches,
                            limit_val_batches=a.limit_val_batches, log_every_n_steps=a.log_every_n_steps,
-                           gradient_clip_val=a.clip_grad or None, num_sanity_val_steps=0)
+                           clip_grad=a.clip_grad, num_sanity_val_steps=0)
     if a.track and a.watch_gradients:
         trainer.loggers[-1].watch(model.model, log="gradients")
     if a.compile:

@@ -13,7 +13,7 @@ import torch
 from minisora.checkpoint import FORMAT_VERSION
 from minisora.data import collate_videos, to_model_range
 from minisora.diffusion import GaussianDiffusion
-from minisora.training import adamw, log_video, save_video_grid
+from minisora.training import adamw, can_fuse, log_video, save_video_grid
 
 
 def build_denoiser(kind: str, config: dict) -> torch.nn.Module:
@@ -72,11 +72,6 @@ class LitDiffusion(L.LightningModule):
         self.log("loss", loss.detach(), prog_bar=True, logger=False)
         return loss
 
-    def on_before_optimizer_step(self, optimizer):
-        norms = [p.grad.norm() for p in self.model.parameters() if p.grad is not None]
-        if norms:
-            self.log("train/grad_norm", torch.stack(norms).norm())
-
     def optimizer_step(self, *args, **kwargs):
         """The optimizer step, then the EMA update: inside the step (not in on_train_batch_end, which runs after
         the checkpoint callbacks), so a checkpoint's EMA matches its weights and a resume continues exactly."""
@@ -125,7 +120,7 @@ class LitDiffusion(L.LightningModule):
 
     # -------------------------------------------------------------------------------- misc
     def configure_optimizers(self):
-        opt = adamw(self.model, self.hparams.lr, self.hparams.weight_decay)
+        opt = adamw(self.model, self.hparams.lr, self.hparams.weight_decay, fused=can_fuse(self.trainer))
         warm = max(1, self.hparams.warmup_steps)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -166,8 +161,9 @@ def latent_stats_from(meta: dict, array, codebook=None, rows: int = 256) -> tupl
     return x.mean(1).tolist(), np.maximum(x.std(1), 1e-6).tolist()
 
 
-def fit(a, module: "LitDiffusion", train_data, out, script: str, callbacks=()) -> None:
-    """Train with the project's Trainer, checkpoint every a.ckpt_every steps (+ last.ckpt), resume if asked."""
+def fit(a, module: "LitDiffusion", train_data, out, script: str, callbacks=(), clip_start: int = 0) -> None:
+    """Train with the project's Trainer, checkpoint every a.ckpt_every steps (+ last.ckpt), resume if asked;
+    gradients clipped to a.clip_grad from optimizer step clip_start on."""
     from torch.utils.data import DataLoader
 
     from minisora.training import checkpoint_callback, make_trainer, resume_checkpoint
@@ -176,7 +172,7 @@ def fit(a, module: "LitDiffusion", train_data, out, script: str, callbacks=()) -
                                every_n_train_steps=a.ckpt_every, save_top_k=-1)
     trainer = make_trainer(a, out, callbacks=[ckpt, *callbacks], max_epochs=a.epochs, max_steps=a.max_steps, max_time=a.max_time,
                            accumulate_grad_batches=a.accumulate_grad_batches, log_every_n_steps=a.log_every,
-                           gradient_clip_val=a.clip_grad or None, limit_val_batches=0, num_sanity_val_steps=0)
+                           clip_grad=a.clip_grad, clip_start=clip_start, limit_val_batches=0, num_sanity_val_steps=0)
     if a.compile:
         module.model.compile()  # in place: checkpoint keys stay model.* (torch.compile would add _orig_mod.)
     loader = DataLoader(train_data, batch_size=a.batch_size, shuffle=True, num_workers=a.num_workers,

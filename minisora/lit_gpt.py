@@ -11,7 +11,7 @@ import lightning as L
 import torch
 
 from minisora.checkpoint import FORMAT_VERSION
-from minisora.training import adamw, log_video, save_video_grid
+from minisora.training import adamw, can_fuse, log_video, save_video_grid
 
 
 def build_lm(kind: str, config: dict) -> torch.nn.Module:
@@ -100,7 +100,8 @@ class LitLM(L.LightningModule):
     # -------------------------------------------------------------------------------- misc
     def configure_optimizers(self):
         h = self.hparams
-        opt = adamw(self.model, h.learning_rate, h.weight_decay, (0.9, h.beta2), matrices_only=True)
+        opt = adamw(self.model, h.learning_rate, h.weight_decay, (0.9, h.beta2), matrices_only=True,
+                    fused=can_fuse(self.trainer))
 
         def lr_at(step):  # linear warmup, cosine decay to min_lr at lr_decay_iters, then constant
             if step < h.warmup_iters:
@@ -208,7 +209,7 @@ def fit_lm(a, kind: str, model_config: dict, arr, n_codes: int, vae, script: str
                                save_top_k=1)
     trainer = make_trainer(a, out, callbacks=[ckpt], max_steps=a.max_iters, max_epochs=-1, max_time=a.max_time,
                            accumulate_grad_batches=a.gradient_accumulation_steps, log_every_n_steps=a.log_interval,
-                           gradient_clip_val=a.grad_clip or None, num_sanity_val_steps=0)
+                           clip_grad=a.grad_clip, num_sanity_val_steps=0)
     if a.compile:
         module.model.compile()  # in place: checkpoint keys stay model.* (torch.compile would add _orig_mod.)
     kw = dict(batch_size=a.batch_size, num_workers=a.num_workers, pin_memory=torch.cuda.is_available(),

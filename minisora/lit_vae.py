@@ -10,7 +10,7 @@ import torch.distributed as dist
 from minisora.checkpoint import FORMAT_VERSION
 from minisora.data import to_model_range
 from minisora.metrics import psnr, ssim
-from minisora.training import log_video, save_video_grid
+from minisora.training import can_fuse, log_video, save_video_grid
 from models.vqvae import VAEConfig, VideoVAE
 
 
@@ -99,7 +99,7 @@ class LitVAE(L.LightningModule):
 
     # --------------------------------------------------------------------------------- misc
     def configure_optimizers(self):
-        opt = torch.optim.Adam(self.model.parameters(), lr=self.hparams.lr, betas=(0.9, 0.99))
+        opt = torch.optim.Adam(self.model.parameters(), lr=self.hparams.lr, betas=(0.9, 0.99), fused=can_fuse(self.trainer) or None)
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=self.hparams.lr_patience)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/recon_loss", "interval": "epoch",
                                                    "strict": False}}

@@ -67,17 +67,45 @@ def default_precision() -> str:
 
 
 def adamw(model: torch.nn.Module, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999),
-          matrices_only: bool = False) -> torch.optim.AdamW:
+          matrices_only: bool = False, fused: bool = True) -> torch.optim.AdamW:
     """AdamW for every training script. matrices_only: weight decay on >= 2-D weights only (not biases,
-    norms). Not the fused kernel: Lightning refuses gradient clipping with fused optimizers under mixed
-    precision; torch's default (multi-tensor `foreach` on CUDA) is used instead."""
+    norms). fused: torch's single-kernel AdamW (CUDA and CPU; 3-4x faster steps than the per-tensor loop on
+    CPU); pass can_fuse(trainer) from a LightningModule."""
     params = [p for p in model.parameters() if p.requires_grad]
     if matrices_only:
         groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     else:
         groups = [{"params": params, "weight_decay": weight_decay}]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
+
+
+def can_fuse(trainer) -> bool:
+    """Fused optimizers unscale fp16 gradients inside their step, so under a GradScaler (16-mixed) GradClip
+    would see scaled gradients: fuse everywhere else (32-true, bf16-mixed)."""
+    return getattr(getattr(trainer, "precision_plugin", None), "scaler", None) is None
+
+
+def _grad_clip_callback(value: float, start: int = 0):
+    from lightning.pytorch.callbacks import Callback
+
+    class GradClip(Callback):
+        """Logs train/grad_norm (global, before clipping) and clips it to `value` from optimizer step `start`
+        on (upstream's --start_clip_iter; value 0: no clipping). Used instead of Trainer(gradient_clip_val),
+        which Lightning refuses with fused optimizers under any mixed precision although only a GradScaler
+        makes it wrong (see can_fuse); the hook runs after the scaler has unscaled the gradients."""
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            if not params:
+                return
+            if value > 0 and trainer.global_step >= start:
+                norm = torch.nn.utils.clip_grad_norm_(params, value)
+            else:
+                norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+            pl_module.log("train/grad_norm", norm)
+
+    return GradClip()
 
 
 def parse_devices(devices: str):
@@ -167,9 +195,10 @@ def _rng_callback():
     return RNGState()
 
 
-def make_trainer(args, out: Path, callbacks=(), **kw):
+def make_trainer(args, out: Path, callbacks=(), clip_grad: float = 0.0, clip_start: int = 0, **kw):
     """A Lightning Trainer with this project's defaults: DDP when devices > 1, bf16 on GPU, atomic checkpoints,
-    random-generator states saved in checkpoints (exact resume at epoch boundaries)."""
+    random-generator states saved in checkpoints (exact resume at epoch boundaries), grad-norm logging and
+    clipping to clip_grad (0: off) from optimizer step clip_start on."""
     import lightning as L
 
     devices = parse_devices(str(args.devices))
@@ -177,7 +206,7 @@ def make_trainer(args, out: Path, callbacks=(), **kw):
     return L.Trainer(
         accelerator=args.accelerator, devices=devices, num_nodes=args.num_nodes,
         strategy="ddp" if multi else "auto", precision=args.precision or default_precision(),
-        logger=make_loggers(args, out), callbacks=[*callbacks, _rng_callback()], plugins=[AtomicCheckpointIO()],
+        logger=make_loggers(args, out), callbacks=[*callbacks, _grad_clip_callback(clip_grad, clip_start), _rng_callback()], plugins=[AtomicCheckpointIO()],
         default_root_dir=str(out), **kw)
 
 

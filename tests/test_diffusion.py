@@ -88,3 +88,24 @@ def test_solver_recovers_a_known_distribution():
         x = d.sample(eps, (4, 2, 3), sampler=sampler, steps=20, generator=torch.Generator().manual_seed(0))
         # DDIM's last step lands on the t=0 marginal (alpha_bar_0 = 0.9999: noise std 0.01), DPM++ on x0
         assert torch.allclose(x, c.expand_as(x), atol=5e-2 if sampler == "ddim" else 1e-4), sampler
+
+
+def test_explicit_cpu_attention_matches_sdpa():
+    """layers.attention's explicit path (bf16 on CPU, L <= CPU_EXPLICIT_MAX_LEN) computes what SDPA computes in
+    fp32, values and grads, up to bf16 rounding; longer sequences go through SDPA."""
+    import torch.nn.functional as F
+
+    from models.layers import CPU_EXPLICIT_MAX_LEN, attention
+
+    torch.manual_seed(0)
+    for length in (4, 64, CPU_EXPLICIT_MAX_LEN + 1):
+        q, k, v = (torch.randn(3, 2, length, 16, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+        q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
+        out, ref = attention(q, k, v), F.scaled_dot_product_attention(q32, k32, v32)
+        assert out.dtype == torch.bfloat16
+        torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
+        g = torch.randn_like(ref)
+        mine = torch.autograd.grad(out, (q, k, v), g.bfloat16())
+        theirs = torch.autograd.grad(ref, (q32, k32, v32), g)
+        for a, b in zip(mine, theirs):
+            torch.testing.assert_close(a.float(), b, atol=3e-2, rtol=3e-2)
