@@ -1,8 +1,7 @@
 """The shared Trainer: gradient clipping from a start step (GradClip), fused optimizers."""
+import csv
 from argparse import Namespace
 from types import SimpleNamespace
-
-import csv
 
 import lightning as L
 import torch
