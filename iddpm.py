@@ -5,6 +5,7 @@ tokens .npy made by latents.py / tokenize_videos.py, decoding samples with the V
       --max_steps 1000000 --log_every 50 --sample_every 2000 --clip_grad 1.0 --vae zzsi_kungfu/videogpt/model-nilqq143:v14 \\
       --latents_input_file data/latents/flying_mnist__model-nilqq143_latents_32frames_train.npy --track
   python iddpm.py ... --tokens_input_file data/latents/..._tokens_32frames_train.npy --vae <the VQ-VAE that made it>
+  python iddpm.py ... --objective rf          # rectified flow: velocity prediction, Euler samples (learn_sigma off)
 
 Steps, logging, sampling and checkpoints count optimizer steps. The checkpoint holds the model config, EMA
 weights, diffusion settings, latent normalisation and the VAE reference: `python sample.py --checkpoint ...`.
@@ -16,7 +17,7 @@ import sys
 
 import lightning as L
 
-from minisora.lit_diffusion import LitDiffusion, add_diffusion_args, fit, latent_stats_from
+from minisora.lit_diffusion import LitDiffusion, add_diffusion_args, fit, latent_stats_from, resolve_objective
 from minisora.resolve import load_vae
 from minisora.stagefile import check_vae_matches, load_stage
 from minisora.training import add_common_args, run_dir
@@ -41,7 +42,7 @@ def parse_args(argv=None):
                    help="accepted for upstream compatibility: SDPA already uses flash kernels on GPUs that have them")
     t = p.add_argument_group("training")
     t.add_argument("--diffusion_steps", type=int, default=1000,
-                   help="respaced steps used for training and ancestral sampling (base chain: 1000), as upstream")
+                   help="respaced steps used for training and sampling (base chain: 1000), as upstream (--objective eps)")
     t.add_argument("--max_steps", type=int, default=10000, help="optimizer steps")
     t.add_argument("--epochs", type=int, default=-1)
     t.add_argument("--max_time", default=None, help="DD:HH:MM:SS")
@@ -65,6 +66,11 @@ def main(argv=None):
         sys.exit("error: give --latents_input_file or --tokens_input_file (made by latents.py / tokenize_videos.py)")
     from minisora.data import LatentDataset, load_labels
     try:
+        diffusion = resolve_objective(a, "iddpm", respace=a.diffusion_steps)
+        if a.objective == "eps" and a.sampler != "ddpm" and a.sample_steps > a.diffusion_steps:
+            print(f"[iddpm] --sample_steps {a.sample_steps} > --diffusion_steps {a.diffusion_steps}: periodic "
+                  f"{a.sampler} samples use {a.diffusion_steps} steps (the chain's length)")
+            a.sample_steps = a.diffusion_steps
         arr, meta = load_stage(path, expect_kind="latents" if a.latents_input_file else "tokens")
         vae = load_vae(a.vae)
         check_vae_matches(meta, vae, path)
@@ -84,15 +90,14 @@ def main(argv=None):
     except (ValueError, FileNotFoundError, ConnectionError) as e:
         sys.exit(f"error: {e}")
     out = run_dir(a, "iddpm")
-    module = LitDiffusion("stdit", cfg.to_dict(), {"schedule": a.noise_schedule, "steps": 1000, "learn_sigma": a.learn_sigma,
-                                                    "respace": a.diffusion_steps},
+    module = LitDiffusion("stdit", cfg.to_dict(), diffusion,
                           {"mean": mean, "std": std, "shape": list(shape), "source": str(path)}, a.vae, lr=a.lr,
                           warmup_steps=a.warmup_steps, ema_decay=a.ema_decay, sample_every=a.sample_every,
                           sample_sampler=a.sampler, sample_steps=a.sample_steps, num_samples=a.num_samples,
                           sample_dir=str(out / "samples"))
     module.vae = vae
     n = sum(p.numel() for p in module.model.parameters())
-    print(f"[iddpm] ST-DiT {n / 1e6:.2f}M params on {len(data)} rows of {path} -> latents {shape}; run dir {out}")
+    print(f"[iddpm] ST-DiT ({a.objective}) {n / 1e6:.2f}M params on {len(data)} rows of {path} -> latents {shape}; run dir {out}")
     fit(a, module, data, out, "iddpm")
 
 

@@ -8,8 +8,10 @@ made by latents.py) or are encoded on the fly from the videos with --vae_model (
   python train_dit.py --model "Latte-T/2" --batch_size 2 --lr 0.00002 --resolution 256 --sequence_length 4 \\
       --latent_input_size 32 --ae_temporal_stride 1 --ae_spatial_stride 8 --learn_sigma --ckpt_every 1000000 \\
       --sample_every 5000 --log_every 100 --epochs 10000 --track          # stabilityai/sd-vae-ft-mse
+  python train_dit.py ... --objective rf          # rectified flow (velocity, logit-normal t), Euler samples
 
 --sequence_length counts LATENT frames (video frames = sequence_length * ae_temporal_stride), as upstream.
+--objective eps (default) is DDPM noise prediction; rf turns --learn_sigma off (with a note).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import lightning as L
 import torch
 
 from minisora.data import LatentDataset, VideoDataset, collate_videos, load_labels, to_model_range
-from minisora.lit_diffusion import LitDiffusion, add_diffusion_args, fit, latent_stats_from
+from minisora.lit_diffusion import LitDiffusion, add_diffusion_args, fit, latent_stats_from, resolve_objective
 from minisora.resolve import load_vae
 from minisora.stagefile import check_vae_matches, load_stage
 from minisora.training import add_common_args, run_dir
@@ -71,6 +73,7 @@ def main(argv=None):
     if a.extras == 78:
         sys.exit("error: --extras 78 (text conditioning) is not supported; use 1 (unconditional) or 2 (digit labels)")
     try:
+        diffusion = resolve_objective(a, "train_dit")
         vae = load_vae(a.vae_model)
         for flag, mine, theirs in (("--ae_temporal_stride", a.ae_temporal_stride, vae.temporal_stride),
                                    ("--ae_spatial_stride", a.ae_spatial_stride, vae.spatial_stride)):
@@ -101,7 +104,7 @@ def main(argv=None):
     except (ValueError, FileNotFoundError, ConnectionError) as e:
         sys.exit(f"error: {e}")
     out = run_dir(a, "train_dit")
-    module = LitDiffusion("latte", cfg.to_dict(), {"schedule": a.noise_schedule, "steps": 1000, "learn_sigma": a.learn_sigma},
+    module = LitDiffusion("latte", cfg.to_dict(), diffusion,
                           {"mean": mean, "std": std, "shape": list(shape),
                            "source": a.latents_input_file or f"{a.dataset} (encoded on the fly)"},
                           a.vae_model, lr=a.lr, warmup_steps=a.warmup_steps, ema_decay=a.ema_decay,
@@ -109,7 +112,7 @@ def main(argv=None):
                           num_samples=a.num_samples, sample_dir=str(out / "samples"), cfg_scale=a.cfg_scale)
     module.vae = vae
     n = sum(p.numel() for p in module.model.parameters())
-    print(f"[train_dit] {a.model}: {n / 1e6:.2f}M params, latents {shape}, {len(data)} clips/epoch; run dir {out}")
+    print(f"[train_dit] {a.model} ({a.objective}): {n / 1e6:.2f}M params, latents {shape}, {len(data)} clips/epoch; run dir {out}")
     fit(a, module, data, out, "train_dit", clip_start=a.start_clip_iter)
 
 

@@ -1,7 +1,7 @@
 """Lightning module for latent video diffusion (Latte or ST-DiT denoisers), shared by train_dit.py and
-iddpm.py: hybrid-loss training, EMA weights, periodic sampling with the EMA model decoded by the VAE,
-and checkpoints that alone are enough to sample (model config, EMA, diffusion settings, latent
-normalisation statistics, VAE reference)."""
+iddpm.py: epsilon (hybrid-loss) or rectified-flow training, EMA weights, periodic sampling with the EMA model
+decoded by the VAE, and checkpoints that alone are enough to sample (model config, EMA, diffusion settings
+incl. the objective, latent normalisation statistics, VAE reference)."""
 from __future__ import annotations
 
 import copy
@@ -12,7 +12,7 @@ import torch
 
 from minisora.checkpoint import FORMAT_VERSION
 from minisora.data import collate_videos, to_model_range
-from minisora.diffusion import GaussianDiffusion
+from minisora.diffusion import make_diffusion
 from minisora.training import adamw, can_fuse, log_video, save_video_grid
 
 
@@ -29,18 +29,19 @@ def build_denoiser(kind: str, config: dict) -> torch.nn.Module:
 class LitDiffusion(L.LightningModule):
     def __init__(self, kind: str, model_config: dict, diffusion: dict, latent: dict, vae_reference: str,
                  lr: float = 1e-4, weight_decay: float = 0.0, warmup_steps: int = 0, ema_decay: float = 0.9999,
-                 sample_every: int = 0, sample_sampler: str = "dpm++", sample_steps: int = 25, num_samples: int = 2,
+                 sample_every: int = 0, sample_sampler: str | None = None, sample_steps: int = 25, num_samples: int = 2,
                  sample_dir: str | None = None, cfg_scale: float = 1.0):
         super().__init__()
         self.save_hyperparameters()
         self.model = build_denoiser(kind, model_config)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
-        self.diffusion = GaussianDiffusion.create(diffusion["schedule"], diffusion["steps"], diffusion["learn_sigma"],
-                                                  diffusion.get("respace"))
+        if diffusion.get("objective", "eps") == "rf" and model_config.get("learn_sigma"):
+            raise ValueError("rectified flow (objective rf) predicts a velocity: the model needs learn_sigma off")
+        self.diffusion = make_diffusion(diffusion)  # GaussianDiffusion (eps) or RectifiedFlow (rf)
         self.register_buffer("latent_mean", torch.tensor(latent["mean"]).float().view(1, -1, 1, 1, 1), persistent=False)
         self.register_buffer("latent_std", torch.tensor(latent["std"]).float().view(1, -1, 1, 1, 1), persistent=False)
         self.vae = None        # set by the script (not a submodule: not trained, not saved)
-        self.encode_on_the_fly = False
+        self._seen_step = None  # global_step at the last on_train_batch_end (sampling follows optimizer steps)
 
     def on_fit_start(self):
         if self.vae is not None:
@@ -63,8 +64,8 @@ class LitDiffusion(L.LightningModule):
                 "train/x_std": x0.std().detach()}
         if "vb" in terms:
             logs["train/vb"] = terms["vb"].mean().detach()
-        q = (terms["t"] * 4 // self.diffusion.num_timesteps).clamp(max=3)
-        for k in range(4):  # loss by timestep quartile (q0: least noisy)
+        q = (self.diffusion.timestep_fraction(terms["t"]) * 4).floor().clamp(0, 3)
+        for k in range(4):  # loss by timestep quartile of the noise level in [0, 1] (q0: least noisy)
             m = q == k
             if m.any():
                 logs[f"train/loss_q{k}"] = terms["loss"][m].mean().detach()
@@ -83,22 +84,32 @@ class LitDiffusion(L.LightningModule):
         ema_p, p = list(self.ema.parameters()), list(self.model.parameters())
         torch._foreach_lerp_(ema_p, [x.detach() for x in p], 1.0 - d)
 
+    def on_train_start(self):
+        self._seen_step = self.global_step
+
     def on_train_batch_end(self, outputs, batch, batch_idx):
-        if self.trainer.fit_loop._should_accumulate():  # sampling follows optimizer steps
+        if self.global_step == self._seen_step:  # no optimizer step in this batch (gradient accumulation)
             return
+        self._seen_step = self.global_step
         every = self.hparams.sample_every
         if every and self.global_step % every == 0 and self.trainer.is_global_zero:
             self.sample_and_save(f"step{self.global_step:07d}")
 
     # ------------------------------------------------------------------------------ sample
     @torch.no_grad()
-    def sample_latents(self, n: int, sampler: str, steps: int, seed: int = 0, y: torch.Tensor | None = None,
-                       use_ema: bool = True) -> torch.Tensor:
+    def sample_latents(self, n: int, sampler: str | None, steps: int, seed: int = 0, y: torch.Tensor | None = None,
+                       use_ema: bool = True, cfg_scale: float | None = None) -> torch.Tensor:
+        """n latents (de-normalised). sampler: the objective's (None: its default; see diffusion.resolve_sampler);
+        y: (n, num_classes) multi-hot labels or None (a class-conditional model then gets the null label);
+        cfg_scale: classifier-free guidance scale (None: the module's hparams.cfg_scale)."""
         net = self.ema if use_ema else self.model
         shape = self.hparams.latent["shape"]  # (C, t, h, w)
         g = torch.Generator(device=self.device).manual_seed(seed)
-        if y is not None and self.hparams.cfg_scale != 1.0:
-            fn = lambda x, t: net.forward_with_cfg(x, t, y, self.hparams.cfg_scale)  # noqa: E731
+        scale = self.hparams.cfg_scale if cfg_scale is None else cfg_scale
+        if y is not None:
+            y = y.to(self.device)
+        if y is not None and scale != 1.0:
+            fn = lambda x, t: net.forward_with_cfg(x, t, y, scale)  # noqa: E731
         else:
             fn = lambda x, t: net(x, t, y)  # noqa: E731
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
@@ -139,13 +150,36 @@ def add_diffusion_args(p, learn_sigma_default: bool) -> None:
     g = p.add_argument_group("diffusion")
     g.add_argument("--learn_sigma", action=argparse.BooleanOptionalAction, default=learn_sigma_default,
                    help="learned-range variance + hybrid loss (output 2C channels); else fixed variance")
-    g.add_argument("--noise_schedule", default="linear", choices=["linear", "cosine"])
+    g.add_argument("--noise_schedule", default="linear", choices=["linear", "cosine"], help="eps only")
     g.add_argument("--ema_decay", type=float, default=0.9999,
                    help="EMA of the weights used for sampling; warms up as (1+step)/(10+step) until it reaches this")
-    g.add_argument("--sampler", default="dpm++", choices=["dpm++", "ddim", "ddpm"], help="sampler for periodic samples")
+    g.add_argument("--objective", default="eps", choices=["eps", "rf"],
+                   help="eps: DDPM noise prediction (optionally learned variance); rf: rectified flow (velocity "
+                        "prediction, logit-normal t; learn_sigma is turned off)")
+    g.add_argument("--sampler", default=None, choices=["dpm++", "ddim", "ddpm", "euler", "heun"],
+                   help="sampler for periodic samples (default: dpm++ for eps, euler for rf)")
     g.add_argument("--sample_steps", type=int, default=25, help="sampler steps for periodic samples")
     g.add_argument("--num_samples", type=int, default=2, help="videos per periodic sample")
     g.add_argument("--grad_checkpointing", action="store_true", help="recompute activations in backward (less memory)")
+
+
+def resolve_objective(a, script: str, respace: int | None = None) -> dict:
+    """The checkpoint's `diffusion` settings from the diffusion flags. --objective rf turns learn_sigma off (one
+    printed line) and samples with euler/heun (default euler; an eps sampler becomes euler, with a note);
+    eps: dpm++ by default, euler/heun refused (ValueError). Sets a.learn_sigma and a.sampler accordingly."""
+    from minisora.diffusion import make_diffusion
+
+    if a.objective == "rf":
+        if a.learn_sigma:
+            print(f"[{script}] --objective rf predicts a velocity (C output channels): learn_sigma turned off")
+            a.learn_sigma = False
+        d = {"objective": "rf", "learn_sigma": False, "steps": 1000}  # steps: the model's timestep scale (t * 1000)
+    else:
+        d = {"objective": "eps", "schedule": a.noise_schedule, "steps": 1000, "learn_sigma": a.learn_sigma}
+        if respace is not None:
+            d["respace"] = respace
+    a.sampler = make_diffusion(d).resolve_sampler(a.sampler)
+    return d
 
 
 def latent_stats_from(meta: dict, array, codebook=None, rows: int = 256) -> tuple[list[float], list[float]]:

@@ -14,6 +14,7 @@ import torch.nn as nn
 from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
+from .cfg import ClassConditioned
 from .layers import Attention, LabelEmbedder, Mlp, TimestepEmbedder, modulate, sincos_1d, sincos_2d
 
 
@@ -81,7 +82,7 @@ class Block(nn.Module):
         return x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
 
 
-class Latte(nn.Module):
+class Latte(ClassConditioned, nn.Module):
     def __init__(self, cfg: LatteConfig):
         super().__init__()
         self.config = cfg
@@ -121,8 +122,7 @@ class Latte(nn.Module):
         gh, gw = h.shape[-2:]
         h = rearrange(h, "(b t) d gh gw -> b t (gh gw) d", b=b) + self.pos_spatial.to(h.dtype)
         c = self.t_embed(t)
-        if self.y_embed is not None and y is not None:
-            c = c + self.y_embed(y, self.training)
+        c = self.condition(c, y)  # y=None on a class-conditional model: the null label
         for i, blk in enumerate(self.blocks):
             if i == 1:  # temporal position embedding, once, before the first temporal block
                 h = h + self.pos_temporal[:f, None].to(h.dtype)
@@ -131,12 +131,3 @@ class Latte(nn.Module):
         h = self.final(modulate(self.final_norm(h), shift, scale))
         p = cfg.patch_size
         return rearrange(h, "b t (gh gw) (p1 p2 c) -> b c t (gh p1) (gw p2)", gh=gh, gw=gw, p1=p, p2=p)
-
-    def forward_with_cfg(self, x, t, y, scale: float):
-        """Classifier-free guidance: eps = eps_uncond + scale * (eps_cond - eps_uncond) (variance from cond)."""
-        null = torch.zeros_like(y) if y.dim() == 2 else torch.full_like(y, self.config.num_classes)
-        out = self(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))
-        cond, uncond = out.chunk(2)
-        c = self.config.in_channels
-        eps = uncond[:, :c] + scale * (cond[:, :c] - uncond[:, :c])
-        return torch.cat([eps, cond[:, c:]], dim=1)

@@ -12,6 +12,7 @@ import torch.nn as nn
 from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
+from .cfg import ClassConditioned
 from .layers import Attention, LabelEmbedder, Mlp, TimestepEmbedder, modulate, sincos_1d, sincos_2d
 
 
@@ -74,7 +75,7 @@ class STBlock(nn.Module):
         return x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
 
 
-class STDiT(nn.Module):
+class STDiT(ClassConditioned, nn.Module):
     def __init__(self, cfg: STDiTConfig):
         super().__init__()
         self.config = cfg
@@ -107,8 +108,7 @@ class STDiT(nn.Module):
         h = rearrange(self.patch(x), "b d t gh gw -> b t (gh gw) d")
         h = h + self.pos_spatial.to(h.dtype) + self.pos_temporal[:, None].to(h.dtype)
         c = self.t_embed(t)
-        if self.y_embed is not None and y is not None:
-            c = c + self.y_embed(y, self.training)
+        c = self.condition(c, y)  # y=None on a class-conditional model: the null label
         t0 = self.t_block(c).view(b, 6, -1)
         for blk in self.blocks:
             h = checkpoint(blk, h, t0, use_reentrant=False) if cfg.grad_checkpointing and self.training else blk(h, t0)
@@ -116,10 +116,3 @@ class STDiT(nn.Module):
         h = self.final(modulate(self.final_norm(h), shift, scale))
         (pt, ph, pw), (_, gh, gw) = cfg.patch_size, self.grid
         return rearrange(h, "b t (gh gw) (pt ph pw c) -> b c (t pt) (gh ph) (gw pw)", gh=gh, gw=gw, pt=pt, ph=ph, pw=pw).float()
-
-    def forward_with_cfg(self, x, t, y, scale: float):
-        null = torch.zeros_like(y) if y.dim() == 2 else torch.full_like(y, self.config.num_classes)
-        out = self(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))
-        cond, uncond = out.chunk(2)
-        c = self.config.in_channels
-        return torch.cat([uncond[:, :c] + scale * (cond[:, :c] - uncond[:, :c]), cond[:, c:]], dim=1)

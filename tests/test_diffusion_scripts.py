@@ -135,3 +135,58 @@ def test_iddpm_two_process_ddp(tiny_vaes, tiny_stage_files, tmp_path):
                                                "--devices", "2", "--sample_every", "0"], tmp_path)
     assert "Starting with 2 processes" in out.stdout + out.stderr
     assert torch.load(tmp_path / "iddpm/ddp/checkpoints/last.ckpt", weights_only=True)["global_step"] == 3
+
+
+def test_iddpm_rectified_flow(tiny_vaes, tiny_stage_files, tmp_path):
+    """--objective rf: iddpm.py's default --learn_sigma is turned off with one line, the checkpoint records the
+    objective, losses are logged by t quartile, periodic samples follow optimizer steps (here every step of 2
+    accumulated batches: steps 1 and 2, never step 0), and sample.py samples it (euler by default)."""
+    args = _fmt(SEED_IDDPM[0], kl=tiny_vaes["kl"], latents=tiny_stage_files["latents"]) + TINY_STDIT + \
+        ["--objective", "rf", "--accumulate_grad_batches", "2", "--sample_every", "1", "--max_steps", "2",
+         "--output_dir", tmp_path, "--run_name", "rf"]
+    res = run("iddpm.py", args, tmp_path)
+    assert res.stdout.count("learn_sigma turned off") == 1, res.stdout
+    d = tmp_path / "iddpm/rf"
+    meta = torch.load(d / "checkpoints/last.ckpt", weights_only=True)["minisora"]
+    assert meta["diffusion"]["objective"] == "rf" and not meta["config"]["learn_sigma"]
+    rows = list(csv.DictReader(open(d / "metrics.csv")))
+    assert any(r.get(f"train/loss_q{k}") for r in rows for k in range(4))
+    samples = sorted(p.name for p in (d / "samples").glob("sample_step*.mp4"))
+    assert samples == ["sample_step0000001.mp4", "sample_step0000002.mp4"], samples
+    for extra, want in (([], "euler, 3 steps"), (["--sampler", "dpm++"], "euler, 3 steps"), (["--sampler", "heun"], "heun, 3 steps")):
+        out = run("sample.py", ["--checkpoint", d / "checkpoints/last.ckpt", "--num_videos", "1", "--steps", "3",
+                                "--output_dir", tmp_path / "s", *extra], tmp_path)
+        assert want in out.stdout, out.stdout
+        assert ("epsilon-model sampler" in out.stdout) == bool(extra and extra[1] == "dpm++"), out.stdout
+
+
+def test_iddpm_short_chain_samples(tiny_vaes, tiny_stage_files, tmp_path):
+    """--diffusion_steps 10 with the default 25 sample steps: clamped to the chain (said once), no crash after
+    training; sample.py on the checkpoint clamps too."""
+    args = _fmt(SEED_IDDPM[0], kl=tiny_vaes["kl"], latents=tiny_stage_files["latents"]) + TINY_STDIT + \
+        ["--diffusion_steps", "10", "--max_steps", "2", "--sample_steps", "25", "--output_dir", tmp_path, "--run_name", "short"]
+    res = run("iddpm.py", args, tmp_path)
+    assert res.stdout.count("--sample_steps 25 > --diffusion_steps 10") == 1, res.stdout
+    d = tmp_path / "iddpm/short"
+    assert (d / "samples/sample_final_step0000002.mp4").exists() and (d / "samples/sample_step0000002.mp4").exists()
+    assert torch.load(d / "checkpoints/last.ckpt", weights_only=True)["minisora"]["diffusion"]["respace"] == 10
+    out = run("sample.py", ["--checkpoint", d / "checkpoints/last.ckpt", "--num_videos", "1", "--steps", "25",
+                            "--output_dir", tmp_path / "s"], tmp_path)
+    assert "25 steps asked on a 10-step chain" in out.stdout, out.stdout
+
+
+def test_train_dit_rectified_flow(tiny_vaes, tiny_stage_files, tmp_path):
+    seed = ("--model Latte-S/2 --vae_model {kl} --batch_size 2 --num_clips_per_video 10 --lr 0.00002 --resolution 256 "
+            "--sequence_length 4 --latent_input_size 64 --ae_temporal_stride 4 --ae_spatial_stride 4 --learn_sigma "
+            "--ckpt_every 1000000 --sample_every 2000 --log_every 20 --epochs 100 --track")
+    tiny = ["--model", "Latte-T/2", "--latents_input_file", tiny_stage_files["latents"], "--resolution", "32",
+            "--sequence_length", "2", "--latent_input_size", "8", "--max_steps", "2", "--sample_every", "2",
+            "--sample_steps", "2", "--log_every", "1", "--num_workers", "0", "--output_dir", tmp_path, "--run_name", "rf"]
+    res = run("train_dit.py", _fmt(seed, kl=tiny_vaes["kl"]) + tiny + ["--objective", "rf"], tmp_path)
+    assert "learn_sigma turned off" in res.stdout
+    ckpt = torch.load(tmp_path / "train_dit/rf/checkpoints/last.ckpt", weights_only=True)
+    assert ckpt["minisora"]["diffusion"]["objective"] == "rf" and ckpt["minisora"]["config"]["learn_sigma"] is False
+    assert (tmp_path / "train_dit/rf/samples/sample_step0000002.mp4").exists()
+    bad = run("train_dit.py", _fmt(seed, kl=tiny_vaes["kl"]) + tiny[:-2] + ["--run_name", "bad", "--sampler", "euler"],
+              tmp_path, ok=False)
+    assert bad.returncode != 0 and "rectified-flow" in bad.stderr
