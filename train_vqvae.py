@@ -41,6 +41,8 @@ def parse_args(argv=None):
                    help="upstream flag: if given, must equal the variant's strides (checked)")
     m.add_argument("--kl_loss_weight", type=float, default=1.0, help="weight of the KL term (mean per latent element); KL variants")
     m.add_argument("--l1_weight", type=float, default=0.0, help="add an L1 reconstruction term with this weight")
+    m.add_argument("--chroma_weight", type=float, default=0.0,
+                   help="add an MSE on chroma (colour minus grey) with this weight: colour is learned far sooner")
     m.add_argument("--commitment_cost", type=float, default=0.25, help="VQ commitment weight beta")
     m.add_argument("--ema_decay", type=float, default=0.99, help="VQ codebook EMA decay")
     m.add_argument("--low_utilization_cost", type=float, default=0.0,
@@ -76,7 +78,7 @@ def parse_args(argv=None):
 
 def build_config(a):
     over = dict(embedding_dim=a.embedding_dim, n_codes=a.n_codes, kl_weight=a.kl_loss_weight,
-                commitment_cost=a.commitment_cost, l1_weight=a.l1_weight, ema_decay=a.ema_decay, low_utilization_cost=a.low_utilization_cost)
+                commitment_cost=a.commitment_cost, l1_weight=a.l1_weight, chroma_weight=a.chroma_weight, ema_decay=a.ema_decay, low_utilization_cost=a.low_utilization_cost)
     preset = PRESETS[a.network_variant]
     channels = list(a.channels or preset["channels"])
     if a.n_hiddens:

@@ -10,23 +10,29 @@ import torch.nn.functional as F
 from einops import rearrange
 
 
-def group_count(channels: int, max_groups: int = 32) -> int:
-    """Largest group count <= max_groups that divides `channels`."""
-    g = min(max_groups, channels)
+def group_count(channels: int, max_groups: int = 32, min_channels: int = 1) -> int:
+    """Largest group count <= max_groups that divides `channels` and leaves >= min_channels per group."""
+    g = max(1, min(max_groups, channels // max(1, min_channels)))
     while channels % g:
         g -= 1
     return g
 
 
 class Normalize(nn.GroupNorm):
-    """GroupNorm whose group count divides the channels.
+    """GroupNorm whose group count divides the channels, with >= `group_channels` channels per group.
+
+    Why several channels per group: a group's statistics are taken over the whole clip, so a per-clip gain on a
+    group is erased. With one channel per group (an instance norm) a feature that fires only for, say, red
+    digits is rescaled to unit variance in every clip, red digit or not: the layer after it cannot tell colours
+    apart (in a Flying-MNIST clip one or two flat-coloured digits fill a few % of the pixels). Channels in one
+    group keep their ratios. group_channels=0 reproduces the old "up to 32 groups" layout (old checkpoints).
 
     per_frame=True normalises every frame on its own (statistics over C/g, H, W only),
     so no information leaks across time -- needed for causal models.
     """
 
-    def __init__(self, channels: int, per_frame: bool = False, max_groups: int = 32):
-        super().__init__(group_count(channels, max_groups), channels, eps=1e-6)
+    def __init__(self, channels: int, per_frame: bool = False, max_groups: int = 32, group_channels: int = 4):
+        super().__init__(group_count(channels, max_groups, group_channels), channels, eps=1e-6)
         self.per_frame = per_frame
 
     def forward(self, x):
@@ -70,12 +76,13 @@ class Conv3d(nn.Conv3d):
 class ResBlock3d(nn.Module):
     """norm -> SiLU -> conv3d -> norm -> SiLU -> (dropout) -> conv3d, plus skip (1x1x1 conv if channels change)."""
 
-    def __init__(self, cin: int, cout: int | None = None, dropout: float = 0.0, causal: bool = False):
+    def __init__(self, cin: int, cout: int | None = None, dropout: float = 0.0, causal: bool = False,
+                 group_channels: int = 4):
         super().__init__()
         cout = cout or cin
-        self.norm1 = Normalize(cin, per_frame=causal)
+        self.norm1 = Normalize(cin, per_frame=causal, group_channels=group_channels)
         self.conv1 = Conv3d(cin, cout, 3, causal=causal)
-        self.norm2 = Normalize(cout, per_frame=causal)
+        self.norm2 = Normalize(cout, per_frame=causal, group_channels=group_channels)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = Conv3d(cout, cout, 3, causal=causal)
         self.skip = nn.Identity() if cin == cout else nn.Conv3d(cin, cout, 1)
