@@ -133,6 +133,8 @@ PRESETS: dict[str, dict] = {
     "s4t4_m": _p(4, 4, **_MID),
     "s4t4_m_vq": _p(4, 4, **_MID, quantize=True),
     "vae_s4t4_m": _p(4, 4, **_MID, kl=True),
+    "vae_s4t2_m": _p(4, 2, **_MID, kl=True),
+    "vae_s4t1_m": _p(4, 1, (32, 64, 64), res_blocks=(1, 1, 1), kl=True),
     # larger GPU presets
     "s4t4_l": _p(4, 4, (64, 128, 256), num_res_blocks=2),
     "s4t4_l_vq": _p(4, 4, (64, 128, 256), quantize=True, num_res_blocks=2),
