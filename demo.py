@@ -1,11 +1,11 @@
-"""The whole MiniSora pipeline at CPU-small scale, one stage after another (~25 min on 2 CPU cores):
+"""The whole MiniSora pipeline at CPU-small scale, one stage after another (~45 min on 2 CPU cores):
 
   1. generate Flying MNIST (64², 16 frames, 1-2 digits)            -> data/flying_mnist_demo/
-  2. train a KL-VAE (4x4x4)                                        -> runs/train_vqvae/demo_vae/
+  2. train a KL-VAE (4x4x4, 8 channels, chroma-weighted loss)      -> runs/train_vqvae/demo_vae/
   3. encode the train split into latents (+ decode check)          -> data/latents/flying_mnist_demo__demo_vae_latents_16frames_train.npy
-  4. train an ST-DiT latent diffusion model                        -> runs/iddpm/demo_dit/
-  5. sample videos with DPM-Solver++ (25 steps)                    -> runs/demo/samples/grid.gif
-  6. evaluate them against real videos (FMD, legibility, motion)   -> runs/demo/results.json
+  4. train a digit-conditioned ST-DiT with rectified flow          -> runs/iddpm/demo_dit/
+  5. sample videos prompted with val videos' digits (Euler, CFG)   -> runs/demo/samples/grid.gif
+  6. evaluate samples and VAE reconstructions against real videos  -> runs/demo/results.json
   (--with_gpt adds a VQ-VAE, tokens and a GPT, sampled and evaluated too)
 
     bash train.sh python demo.py                   # or: python demo.py --minutes 10 (shorter training)
@@ -52,77 +52,118 @@ def hms(minutes: float) -> str:
     return f"00:{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
+def val_prompts(data: Path, n: int) -> list[str]:
+    """The digit sets of the first n val videos, as sample.py --prompts arguments ("3,7")."""
+    import json
+    rows = [json.loads(line) for line in open(data / "val" / "metadata.jsonl")]
+    return [",".join(str(d) for d in sorted(r["labels"])) for r in sorted(rows, key=lambda r: r["file"])[:n]]
+
+
+# The recipe (README "Recipe ablations" has the measurements behind each choice).
+VAE_RECIPE = ["--network_variant", "vae_s4t4_m", "--embedding_dim", 8, "--chroma_weight", 4, "--kl_loss_weight", 1e-4,
+              "--batch_size", 8, "--lr", 1e-3]
+DIT_RECIPE = ["--objective", "rf", "--class_conditional", "--depth", 6, "--hidden_size", 192, "--num_heads", 6,
+              "--patch_size", "1,2,2", "--batch_size", 8, "--lr", 5e-4, "--warmup_steps", 100, "--ema_decay", 0.999]
+CFG_SCALE, SAMPLER, STEPS = 3.0, "euler", 25
+TABLE = [("legibility", "legible / detected", ".3f"), ("legible_per_frame", "legible / frame", ".2f"),
+         ("digits_per_frame", "digits / frame", ".2f"), ("chroma", "chroma", ".1f"), ("hue_spread", "hue spread", ".2f"),
+         ("mean_speed_px", "speed px/frame", ".2f"), ("motion_residual_px", "motion residual px", ".2f"),
+         ("identity_switch_rate", "identity switches", ".3f"), ("prompt_accuracy", "prompt accuracy", ".2f"),
+         ("colour_error", "colour error", ".1f"), ("PSNR", "PSNR dB", ".2f"), ("FMD", "FMD", ".1f")]
+
+
+def results_table(rows: list[tuple[str, str, dict]]) -> str:
+    """Markdown table of evaluate.py results: (model, set, metrics) rows, the metrics in TABLE order."""
+    lines = ["| model | set | " + " | ".join(h for _, h, _ in TABLE) + " |", "|---|---|" + "---|" * len(TABLE)]
+    for model, label, r in rows:
+        cells = [format(r[k], f) if isinstance(r.get(k), (int, float)) else "–" for k, _, f in TABLE]
+        if "FMD_floor" in r and isinstance(r.get("FMD"), (int, float)):
+            cells[-1] += f" (floor {r['FMD_floor']:.1f})"
+        lines.append(f"| {model} | {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--name", default="flying_mnist_demo", help="dataset name under data/")
     p.add_argument("--num_train", type=int, default=1024)
     p.add_argument("--num_val", type=int, default=64)
-    p.add_argument("--minutes", type=float, default=22, help="training budget split over the VAE and the generator")
+    p.add_argument("--minutes", type=float, default=38, help="training budget: 14/38 to the VAE, the rest to the generator")
     p.add_argument("--with_gpt", action="store_true", help="also train a VQ-VAE and a GPT on its tokens")
-    p.add_argument("--num_videos", type=int, default=8, help="videos to sample")
-    p.add_argument("--eval_videos", type=int, default=32, help="videos sampled for evaluation")
+    p.add_argument("--num_videos", type=int, default=8, help="videos to sample (prompted with the first val videos' digits)")
+    p.add_argument("--eval_videos", type=int, default=256, help="videos sampled for evaluation (FMD sample size)")
     p.add_argument("--workdir", default=str(ROOT), help="where data/ and runs/ go (default: the repo)")
-    p.add_argument("--tiny", action="store_true", help="smallest models (for tests: checks the plumbing, not quality)")
+    p.add_argument("--tiny", action="store_true",
+                   help="smallest models, a few steps per stage (for tests: checks the plumbing in ~2 min, not quality)")
     a = p.parse_args(argv)
     global WORK
     WORK = Path(a.workdir).resolve()
     data, runs, out = WORK / "data" / a.name, WORK / "runs", WORK / "runs" / "demo"
-    tiny_vae = ["--channels", 8, 8, 8] if a.tiny else []
+    tiny_vae = ["--channels", 8, 8, 8, "--max_steps", 3, "--log_videos_every", 0] if a.tiny else []
     tiny_dit = ["--depth", 1, "--hidden_size", 32, "--num_heads", 2, "--max_steps", 3] if a.tiny else []
     tiny_gpt = ["--n_layer", 1, "--n_head", 2, "--n_embd", 32, "--max_iters", 3, "--eval_interval", 2] if a.tiny else []
+    vae_minutes = a.minutes * 14 / 38
     t0 = time.time()
-    run("1/5 data", ["generate_flying_mnist.py", "--name", a.name, "--resolution", 64, "--num_frames", 16, "--max_digits", 2,
+    run("1/6 data", ["generate_flying_mnist.py", "--name", a.name, "--resolution", 64, "--num_frames", 16, "--max_digits", 2,
                      "--digit_size_min", 20, "--digit_size_max", 28, "--min_speed", 1, "--max_speed", 4,
                      "--num_train", a.num_train, "--num_val", a.num_val], data / "val" / "metadata.jsonl")
     common = ["--dataset", a.name, "--resolution", 64, "--sequence_length", 16, "--num_workers", 1]
     vae = runs / "train_vqvae/demo_vae/checkpoints/last.ckpt"
-    run("2/5 KL-VAE", ["train_vqvae.py", *common, "--network_variant", "vae_s4t4_m", "--kl_loss_weight", 1e-4,
-                       "--batch_size", 8, "--lr", 1e-3, "--epochs", 1000, "--max_time", hms(a.minutes * 0.45),
+    run("2/6 KL-VAE", ["train_vqvae.py", *common, *VAE_RECIPE, "--epochs", 1000, "--max_time", hms(vae_minutes),
                        "--run_name", "demo_vae", "--log_every_n_steps", 20, *tiny_vae], vae, resumable=True)
     latents = WORK / f"data/latents/{a.name}__demo_vae_latents_16frames_train.npy"
-    run("3/5 latents", ["latents.py", *common, "--vae", vae, "--batch_size", 16, "--decode", 4], latents)
+    run("3/6 latents", ["latents.py", *common, "--vae", vae, "--batch_size", 16, "--decode", 4], latents)
     dit = runs / "iddpm/demo_dit/checkpoints/last.ckpt"
-    run("4/5 diffusion", ["iddpm.py", "--latents_input_file", latents, "--vae", vae, "--latent_frames_to_generate", 4,
-                          "--depth", 6, "--hidden_size", 192, "--num_heads", 6, "--patch_size", "1,2,2", "--batch_size", 8,
-                          "--lr", 5e-4, "--warmup_steps", 100, "--ema_decay", 0.999, "--max_steps", 100000, "--epochs", -1,
-                          "--max_time", hms(a.minutes * 0.55), "--sample_every", 0, "--checkpoint_every", 500,
-                          "--log_every", 20, "--num_workers", 1, "--run_name", "demo_dit", *tiny_dit], dit, resumable=True)
-    run("5/5 sample", ["sample.py", "--checkpoint", dit, "--num_videos", a.num_videos, "--sampler", "dpm++", "--steps", 25,
-                       "--output_dir", out / "samples"], out / "samples" / "grid.gif")
+    run("4/6 diffusion", ["iddpm.py", "--latents_input_file", latents, "--vae", vae, "--latent_frames_to_generate", 4,
+                          *DIT_RECIPE, "--max_steps", 100000, "--epochs", -1, "--max_time", hms(a.minutes - vae_minutes),
+                          "--sample_every", 0, "--checkpoint_every", 500, "--log_every", 20, "--num_workers", 1,
+                          "--run_name", "demo_dit", *tiny_dit], dit, resumable=True)
+    prompts = val_prompts(data, a.num_videos)
+    run("5/6 sample", ["sample.py", "--checkpoint", dit, "--num_videos", a.num_videos, "--sampler", SAMPLER, "--steps", STEPS,
+                       "--prompts", *prompts, "--cfg_scale", CFG_SCALE, "--output_dir", out / "samples"],
+        out / "samples" / "grid.gif")
     if a.with_gpt:
         vq = runs / "train_vqvae/demo_vq/checkpoints/last.ckpt"
         run("+ VQ-VAE", ["train_vqvae.py", *common, "--network_variant", "s4t4_m_vq", "--n_codes", 1024,
                          "--low_utilization_cost", 0.1, "--reinit_every_n_epochs", 1, "--batch_size", 8, "--lr", 1e-3,
-                         "--epochs", 1000, "--max_time", hms(a.minutes * 0.45), "--run_name", "demo_vq", *tiny_vae], vq, resumable=True)
+                         "--chroma_weight", 4, "--epochs", 1000, "--max_time", hms(vae_minutes), "--run_name", "demo_vq",
+                         *tiny_vae], vq, resumable=True)
         tokens = WORK / f"data/latents/{a.name}__demo_vq_tokens_16frames_train.npy"
         run("+ tokens", ["tokenize_videos.py", *common, "--vae", vq, "--batch_size", 16, "--decode", 2], tokens)
         gpt = runs / "train_latent_nanogpt/demo_gpt/checkpoints/last.ckpt"
         run("+ GPT", ["train_latent_nanogpt.py", "--tokens_input_file", tokens, "--block_size", 256, "--n_layer", 4,
                       "--n_head", 4, "--n_embd", 256, "--dropout", 0.0, "--batch_size", 16, "--learning_rate", 1e-3,
-                      "--max_iters", 100000, "--lr_decay_iters", 3000, "--min_lr", 1e-4, "--max_time", hms(a.minutes * 0.55),
-                      "--eval_interval", 200, "--eval_iters", 4, "--sample_interval", 0, "--num_workers", 1,
-                      "--run_name", "demo_gpt", *tiny_gpt], gpt, resumable=True)
-    evals = [("diffusion (ST-DiT)", dit, out / "results.json")]
+                      "--max_iters", 100000, "--lr_decay_iters", 3000, "--min_lr", 1e-4,
+                      "--max_time", hms(a.minutes - vae_minutes), "--eval_interval", 200, "--eval_iters", 4,
+                      "--sample_interval", 0, "--num_workers", 1, "--run_name", "demo_gpt", *tiny_gpt], gpt, resumable=True)
+    n_eval = 8 if a.tiny else a.eval_videos
+    tiny_eval = ["--feature_steps", 10] if a.tiny else []
+    evals = [("ST-DiT (rf)", out / "results.json",
+              ["--checkpoint", dit, "--prompted", "--cfg_scale", CFG_SCALE, "--sampler", SAMPLER, "--steps", STEPS, "--vae", vae])]
     if a.with_gpt:
-        evals.append(("GPT", gpt, out / "results_gpt.json"))
-    for label, ck, res in evals:
-        run(f"evaluate {label}", ["evaluate.py", "--dataset", a.name, "--checkpoint", ck, "--num_videos", a.eval_videos,
-                                  "--num_real", a.eval_videos, "--vae", vae, "--output", res]
-            + (["--feature_steps", 10] if a.tiny else []), res)
+        evals.append(("GPT", out / "results_gpt.json", ["--checkpoint", gpt, "--vae", vq]))
+    for label, res, args in evals:
+        run(f"6/6 evaluate {label}", ["evaluate.py", "--dataset", a.name, "--num_fmd", n_eval, "--num_videos", n_eval,
+                                      *args, "--output", res, *tiny_eval], res)
     import json
-    print("\n[demo] results (FMD: lower is better; 'real (val)' is the real-vs-real floor):")
-    print("| model | set | FMD | legibility | identity switches | motion residual px |\n|---|---|---|---|---|---|")
-    for label, _, res in evals:
+    rows, seen_real = [], False
+    for label, res, _ in evals:
         for k, r in json.loads(res.read_text())["results"].items():
-            if "FMD" in r:
-                print(f"| {label} | {k} | {r['FMD']:.2f} | {r['legibility']:.3f} | {r['identity_switch_rate']:.3f} | "
-                      f"{r['motion_residual_px']:.2f} |")
+            if k.startswith("real"):
+                if seen_real:
+                    continue
+                rows.append(("real videos", k, r))
+            else:
+                rows.append((label if k != "vae reconstruction" else "VAE", k, r))
+        seen_real = True
+    print("\n[demo] results (real rows: the target; FMD: lower is better, its floor is real vs real at the same size):")
+    print(results_table(rows))
     print(f"\n[demo] finished in {(time.time() - t0) / 60:.1f} min. Outputs:\n"
           f"  videos:          {data}/{{train,val}}/*.mp4 (+ metadata.jsonl)\n"
           f"  VAE:             {vae}  (recon samples: {vae.parent.parent / 'samples'})\n"
           f"  latents:         {latents} (+ .json sidecar; decoded check: {latents.with_name(latents.stem + '_decoded')})\n"
           f"  diffusion model: {dit}\n"
-          f"  samples:         {out / 'samples'}/grid.gif, grid.mp4, 000.mp4 ...\n"
+          f"  samples:         {out / 'samples'}/grid.gif, grid.mp4, 000.mp4 ... (prompts: {' '.join(prompts)})\n"
           f"  evaluation:      {out / 'results.json'}")
     if a.with_gpt:
         print(f"  GPT samples:     {gpt.parent.parent / 'samples'}")

@@ -1,12 +1,19 @@
-"""Score videos: FMD (Fréchet distance on Flying-MNIST features, with the real-vs-real floor and a
-bootstrap interval), digit legibility, temporal consistency (identity switches, motion residual),
-optional I3D FVD and VAE reconstruction PSNR/SSIM. Prints a table and writes a JSON file.
+"""Score videos as a viewer sees them: FMD (Fréchet distance on Flying-MNIST features, against N real train
+videos, with its real-vs-real floor at the same size and a bootstrap interval), digit legibility, motion
+(speed, constant-velocity-with-bounce residual, identity switches), colour (chroma, hue consistency along
+tracks, hue spread across digits), prompt accuracy of class-conditional models, optional I3D FVD, and VAE
+reconstructions scored by all of these plus PSNR/SSIM and colour error. Prints a table and writes a JSON file.
 
   python evaluate.py --dataset flying_mnist_demo                                   # real data only (the floor)
   python evaluate.py --dataset flying_mnist_demo --videos runs/demo/samples       # a folder of mp4s
-  python evaluate.py --dataset flying_mnist_demo --checkpoint runs/iddpm/<run>/checkpoints/last.ckpt --num_videos 64
+  python evaluate.py --dataset flying_mnist_demo --checkpoint runs/iddpm/<run>/checkpoints/last.ckpt
+  python evaluate.py ... --checkpoint <class-conditional run> --prompted --cfg_scale 2   # + prompt accuracy
   python evaluate.py --dataset flying_mnist_demo --vae runs/train_vqvae/<run>/checkpoints/last.ckpt   # reconstruction
   python evaluate.py ... --i3d path/to/i3d_torchscript.pt                          # + FVD
+
+FMD uses --num_fmd videos a side (default 256): reference = the first N train videos; floor = N other real
+videos (the val split, then train videos after the reference) vs the reference. A set of fewer videos (e.g.
+the --prompted set, one per val video) is scored against the same reference with a floor of as many videos.
 
 The feature network and the digit classifier are trained on first use (a few CPU-minutes) and cached in
 runs/evaluate/. I3D weights cannot be downloaded here: get StyleGAN-V's i3d_torchscript.pt
@@ -23,10 +30,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from minisora.data import VideoDataset, to_model_range
-from minisora.evaluation import (DigitCNN, FeatureNet, extract_features, fd_with_ci, i3d_features, legibility_and_motion,
-                                 standardizer, to_float, train_digit_classifier, train_feature_net)
-from minisora.video_io import list_videos, read_video
+from minisora.data import VideoDataset, load_labels, to_model_range
+from minisora.evaluation import (FMD, DigitCNN, FeatureNet, colour_error, fd_with_ci, i3d_features, prompt_accuracy,
+                                 to_float, train_digit_classifier, train_feature_net, video_metrics)
+from minisora.video_io import list_videos, read_video, to_uint8_frames
+
+COLUMNS = ["videos", "FMD", "legibility", "legible_per_frame", "digits_per_frame", "mean_speed_px", "motion_residual_px",
+           "identity_switch_rate", "chroma", "hue_consistency", "hue_spread", "prompt_accuracy", "colour_error", "FVD",
+           "PSNR", "SSIM"]
 
 
 def load_folder(folder: Path, n: int | None, frames: int | None) -> np.ndarray:
@@ -38,13 +49,11 @@ def load_folder(folder: Path, n: int | None, frames: int | None) -> np.ndarray:
     return np.stack([v[:t] for v in vids])
 
 
-def sample_checkpoint(ref: str, n: int, sampler: str, steps: int, seed: int) -> np.ndarray:
-    """n uint8 videos (n, T, H, W, 3) from a diffusion or token-model checkpoint (see sample.py)."""
-    from minisora.video_io import to_uint8_frames
-    from sample import load_generator, generate_videos
-
-    m = load_generator(ref, "cuda" if torch.cuda.is_available() else "cpu")
-    return np.stack([to_uint8_frames(v) for v in generate_videos(m, n, 8, seed, sampler, steps)])
+def sample(module, n: int, a, y: torch.Tensor | None = None, cfg_scale: float = 1.0) -> np.ndarray:
+    """n uint8 videos (n, T, H, W, 3) from a generator (see sample.py); y: (n, 10) multi-hot prompts."""
+    from sample import generate_videos
+    return np.stack([to_uint8_frames(v) for v in generate_videos(module, n, 8, a.seed, a.sampler, a.steps, y=y,
+                                                                 cfg_scale=cfg_scale)])
 
 
 def cached(path: Path, build, cls):
@@ -64,71 +73,115 @@ def main(argv=None):
     p.add_argument("--data_dir", default="data")
     p.add_argument("--videos", default=None, help="folder of generated mp4s")
     p.add_argument("--checkpoint", default=None, help="generator checkpoint to sample from")
-    p.add_argument("--num_videos", type=int, default=64, help="generated videos to sample / read")
-    p.add_argument("--num_real", type=int, default=64, help="real videos per reference set")
+    p.add_argument("--num_videos", type=int, default=None, help="generated videos to sample / read (default --num_fmd)")
+    p.add_argument("--num_real", type=int, default=64, help="real val videos of the 'real (val)' row (and --vae, --prompted)")
+    p.add_argument("--num_fmd", type=int, default=256,
+                   help="FMD sample size: N real train videos as reference, N other real videos for the floor, N generated")
+    p.add_argument("--prompted", action="store_true",
+                   help="class-conditional checkpoint: also sample one video per val video, prompted with its digits, "
+                        "and report prompt accuracy")
+    p.add_argument("--cfg_scale", type=float, default=2.0, help="classifier-free guidance scale of --prompted samples")
     p.add_argument("--sampler", default="dpm++")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resolution", type=int, default=None, help="default: the real videos' size")
     p.add_argument("--sequence_length", type=int, default=16)
-    p.add_argument("--vae", default=None, help="also report reconstruction PSNR/SSIM of this VAE on val videos")
+    p.add_argument("--vae", default=None, help="also score this VAE's reconstructions of the 'real (val)' videos")
     p.add_argument("--i3d", default=None, help="StyleGAN-V I3D TorchScript file: adds FVD")
     p.add_argument("--feature_steps", type=int, default=300, help="training steps of the feature network (first use)")
     p.add_argument("--cache_dir", default="runs/evaluate")
     p.add_argument("--output", default=None, help="JSON results (default <cache_dir>/results_<name>.json)")
     p.add_argument("--track", action="store_true", help="log the results to wandb")
     a = p.parse_args(argv)
+    if a.prompted and not a.checkpoint:
+        sys.exit("error: --prompted samples from a --checkpoint")
     t0 = time.time()
     common = dict(dataset=a.dataset, data_dir=a.data_dir, sequence_length=a.sequence_length, as_uint8=True)
     try:
-        val = VideoDataset(split="val", resolution=a.resolution, max_videos=a.num_real, **common)
+        val = VideoDataset(split="val", resolution=a.resolution, **common)
         train = VideoDataset(split="train", resolution=a.resolution, **common)
     except FileNotFoundError as e:
         sys.exit(f"error: {e}")
     res = a.resolution or int(val[0]["video"].shape[-1])
 
-    def real(ds, n, offset=0):
-        return np.stack([ds[i]["video"].permute(1, 2, 3, 0).numpy() for i in range(offset, min(len(ds), offset + n))])
-    real_a, real_b = real(val, a.num_real), real(train, a.num_real, offset=max(0, len(train) - a.num_real))
+    def real(ds, start, stop):
+        return [ds[i]["video"].permute(1, 2, 3, 0).numpy() for i in range(start, min(len(ds), stop))]
+    n = min(a.num_fmd, len(train), (len(train) + len(val)) // 2)
+    if n < a.num_fmd:
+        print(f"[evaluate] only {len(train)} train + {len(val)} val real videos: FMD with {n} a side, not {a.num_fmd}")
+    reference = np.stack(real(train, 0, n))
+    held_out = real(val, 0, n)  # the floor's real videos: val first, then train videos after the reference
+    held_out = np.stack(held_out + real(train, n, n + n - len(held_out)))
+    n_val = min(a.num_real, len(val))
+    real_val = np.stack(real(val, 0, n_val))
     cache = Path(a.cache_dir)
     feat_train = VideoDataset(split="train", resolution=a.resolution, random_clip=True, **common)
     fnet = cached(cache / f"features_v2_{Path(a.dataset).name}.pt", lambda: train_feature_net(feat_train, a.feature_steps), FeatureNet)
-    clf = cached(cache / "digit_cnn.pt", lambda: train_digit_classifier()[0], DigitCNN)
+    clf = cached(cache / "digit_cnn_v2.pt", lambda: train_digit_classifier()[0], DigitCNN)
+    try:
+        val_labels = load_labels(val.dir, [f.relative_to(val.dir).as_posix() for f in val.files[:n_val]])
+    except (FileNotFoundError, ValueError):
+        val_labels = None
 
-    sets = {"real (val)": real_a}
+    sets, extra = {"real (val)": real_val}, {}
     name = "real"
+    num_videos = a.num_fmd if a.num_videos is None else a.num_videos
     if a.videos:
-        sets["generated"] = load_folder(Path(a.videos), a.num_videos, a.sequence_length)
+        sets["generated"] = load_folder(Path(a.videos), num_videos, a.sequence_length)
         name = Path(a.videos).name
     elif a.checkpoint:
-        print(f"[evaluate] sampling {a.num_videos} videos from {a.checkpoint} ({a.sampler}, {a.steps} steps)")
-        sets["generated"] = sample_checkpoint(a.checkpoint, a.num_videos, a.sampler, a.steps, a.seed)
+        from sample import load_generator
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        module = load_generator(a.checkpoint, device)
         name = Path(a.checkpoint).parent.parent.name
-    rng = np.random.default_rng(0)
-    sets["real, frames shuffled"] = np.stack([v[rng.permutation(len(v))] for v in real_a])
-    sets["noise"] = (rng.random(real_a.shape) * 255).astype(np.uint8)
-
-    ref_raw = extract_features(fnet, to_float(real_b))
-    z = standardizer(ref_raw)
-    ref = z(ref_raw)
-    results = {}
-    for label, vids in sets.items():
-        fmd, lo, hi = fd_with_ci(z(extract_features(fnet, to_float(vids))), ref)
-        r = {"videos": len(vids), "FMD": fmd, "FMD_90ci": [lo, hi], **legibility_and_motion(vids, clf)}
-        if a.i3d:
-            r["FVD"] = fd_with_ci(i3d_features(a.i3d, to_float(vids)), i3d_features(a.i3d, to_float(real_b)))[0]
-        results[label] = r
+        if num_videos:
+            print(f"[evaluate] sampling {num_videos} videos from {a.checkpoint} ({a.sampler}, {a.steps} steps)")
+            sets["generated"] = sample(module, num_videos, a)
+        if a.prompted:
+            if not (getattr(module.hparams, "model_config", None) or {}).get("num_classes"):
+                sys.exit("error: --prompted needs a class-conditional checkpoint (model_config num_classes)")
+            if val_labels is None:
+                sys.exit(f"error: --prompted needs the val labels ({val.dir / 'metadata.jsonl'})")
+            y = torch.zeros(n_val, 10, device=device)
+            for i, labels in enumerate(val_labels):
+                y[i, labels] = 1
+            print(f"[evaluate] sampling {n_val} videos prompted with the val videos' digits (cfg scale {a.cfg_scale})")
+            sets["generated (prompted)"] = sample(module, n_val, a, y=y, cfg_scale=a.cfg_scale)
+            extra["generated (prompted)"] = {"prompt_accuracy": prompt_accuracy(sets["generated (prompted)"], val_labels, clf)}
+    if val_labels is not None:  # what the classifier reads in real videos: the ceiling of prompt accuracy
+        extra["real (val)"] = {"prompt_accuracy": prompt_accuracy(real_val, val_labels, clf)}
     if a.vae:
         from minisora.metrics import psnr, ssim
         from minisora.resolve import load_vae
-        vae = load_vae(a.vae)
-        x = torch.stack([to_model_range(val[i]["video"]) for i in range(len(val))])
-        rec = torch.cat([vae.decode(vae.encode(x[i:i + 8])) for i in range(0, len(x), 8)])
-        results["vae reconstruction"] = {"videos": len(x), "PSNR": float(psnr(rec, x).mean()), "SSIM": float(ssim(rec, x).mean())}
-    cols = ["videos", "FMD", "legibility", "digits_per_frame", "identity_switch_rate", "motion_residual_px", "FVD", "PSNR", "SSIM"]
-    used = [c for c in cols if any(c in r for r in results.values())]
-    print(f"\n[evaluate] {Path(a.dataset).name} at {res}², {a.sequence_length} frames; FMD vs {len(real_b)} real train videos "
-          f"(real-vs-real floor = the 'real (val)' row)\n")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        vae = load_vae(a.vae, device)
+        x = to_model_range(torch.from_numpy(real_val).permute(0, 4, 1, 2, 3))
+        with torch.no_grad():
+            rec = torch.cat([vae.decode(vae.encode(x[i:i + 8].to(device))).float().cpu() for i in range(0, len(x), 8)])
+        sets["vae reconstruction"] = np.stack([to_uint8_frames(v) for v in rec])
+        extra["vae reconstruction"] = {"colour_error": colour_error(real_val, sets["vae reconstruction"]),
+                                       "PSNR": float(psnr(rec, x).mean()), "SSIM": float(ssim(rec, x).mean())}
+    rng = np.random.default_rng(0)
+    sets["real, frames shuffled"] = np.stack([v[rng.permutation(len(v))] for v in held_out])
+    sets["noise"] = (rng.random(held_out.shape) * 255).astype(np.uint8)
+
+    fmd = FMD(fnet, reference, held_out)
+    i3d_ref = i3d_features(a.i3d, to_float(reference)) if a.i3d else None
+    results = {}
+    for label, vids in sets.items():
+        if len(vids) < n:
+            print(f"[evaluate] {label}: {len(vids)} videos, fewer than the FMD sample size {n}: FMD and its floor at {len(vids)}")
+        if label in ("real, frames shuffled", "noise"):  # controls: FMD on all n, the other metrics on num_real
+            r = {"videos": min(len(vids), a.num_real), **fmd(vids[:n]), **video_metrics(vids[:a.num_real], clf)}
+        else:
+            r = {"videos": len(vids), **fmd(vids[:n]), **video_metrics(vids, clf), **extra.get(label, {})}
+        if a.i3d:
+            r["FVD"] = fd_with_ci(i3d_features(a.i3d, to_float(vids[:n])), i3d_ref)[0]
+        results[label] = r
+    used = [c for c in COLUMNS if any(c in r for r in results.values())]
+    print(f"\n[evaluate] {Path(a.dataset).name} at {res}², {a.sequence_length} frames. FMD vs {n} real train videos "
+          f"[90% bootstrap interval] (floor: as many other real videos vs the same reference; "
+          f"at {n}: {fmd.floor(n):.3g})\n")
     print("| set | " + " | ".join(used) + " |\n|---|" + "---|" * len(used))
     for label, r in results.items():
         cells = []
@@ -136,7 +189,7 @@ def main(argv=None):
             v = r.get(c)
             cells.append("–" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v))
             if c == "FMD" and v is not None:
-                cells[-1] += f" [{r['FMD_90ci'][0]:.3g}, {r['FMD_90ci'][1]:.3g}]"
+                cells[-1] += f" [{r['FMD_90ci'][0]:.3g}, {r['FMD_90ci'][1]:.3g}] (floor {r['FMD_floor']:.3g}, n={r['FMD_n']})"
         print(f"| {label} | " + " | ".join(cells) + " |")
     out = Path(a.output) if a.output else cache / f"results_{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
