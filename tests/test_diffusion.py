@@ -92,23 +92,28 @@ def test_q_sample_and_posterior_closed_form():
     assert torch.allclose(d.predict_x0(xt, t, noise), x0, atol=1e-4)
 
 
+def overfit(objective, model, x0, t, lr: float, steps: int):
+    """Train `model` on x0 with `objective` (GaussianDiffusion or RectifiedFlow) for `steps` Adam steps; return its
+    loss terms at fixed probe times t with the same noise before and after training."""
+    opt = torch.optim.Adam(model.parameters(), lr)
+    torch.manual_seed(1)
+    first = objective.training_losses(model, x0, t)
+    for _ in range(steps):
+        loss = objective.training_losses(model, x0)["loss"].mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    torch.manual_seed(1)
+    return first, objective.training_losses(model, x0, t)
+
+
 @pytest.mark.parametrize("learn_sigma", [False, True])
 def test_loss_falls_on_tiny_overfit(learn_sigma):
     torch.manual_seed(0)
     model = STDiT(STDiTConfig(input_size=(2, 4, 4), in_channels=2, hidden_size=32, depth=1, num_heads=2, learn_sigma=learn_sigma))
     d = GaussianDiffusion.create("linear", 1000, learn_sigma)
     x0 = torch.randn(4, 2, 2, 4, 4)
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    t = torch.arange(0, 1000, 250)
-    torch.manual_seed(1)
-    first = d.training_losses(model, x0, t)
-    for _ in range(150):
-        loss = d.training_losses(model, x0)["loss"].mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    torch.manual_seed(1)
-    last = d.training_losses(model, x0, t)  # same t and noise as `first`
+    first, last = overfit(d, model, x0, torch.arange(0, 1000, 250), lr=3e-3, steps=150)
     assert last["mse"].mean() < 0.5 * first["mse"].mean(), (first["mse"], last["mse"])
     assert last["loss"].mean() < first["loss"].mean()
     if learn_sigma:
@@ -187,17 +192,8 @@ def test_rf_loss_falls_on_tiny_overfit(build):
     model = build(learn_sigma=False)
     rf = RectifiedFlow()
     x0 = torch.randn(1, 2, 2, 4, 4).repeat(4, 1, 1, 1, 1)
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
     t = torch.tensor([0.1, 0.4, 0.6, 0.9])
-    torch.manual_seed(1)
-    first = rf.training_losses(model, x0, t)
-    for _ in range(40):
-        loss = rf.training_losses(model, x0)["loss"].mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    torch.manual_seed(1)
-    last = rf.training_losses(model, x0, t)  # same t and noise as `first`
+    first, last = overfit(rf, model, x0, t, lr=1e-2, steps=40)
     assert last["loss"].mean() < 0.7 * first["loss"].mean(), (first["loss"], last["loss"])
     assert torch.equal(last["t"], t) and torch.equal(last["mse"], last["loss"])
 
