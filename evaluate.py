@@ -30,9 +30,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from minisora.cli import add_bad_video_arg
 from minisora.data import VideoDataset, load_labels, to_model_range
 from minisora.evaluation import (FMD, DigitCNN, FeatureNet, colour_error, fd_with_ci, i3d_features, prompt_accuracy,
                                  to_float, train_digit_classifier, train_feature_net, video_metrics)
+from minisora.generate import generate_videos, load_generator, multi_hot, num_classes
 from minisora.video_io import list_videos, read_video, to_uint8_frames
 
 COLUMNS = ["videos", "FMD", "legibility", "legible_per_frame", "digits_per_frame", "mean_speed_px", "motion_residual_px",
@@ -50,8 +52,7 @@ def load_folder(folder: Path, n: int | None, frames: int | None) -> np.ndarray:
 
 
 def sample(module, n: int, a, y: torch.Tensor | None = None, cfg_scale: float = 1.0) -> np.ndarray:
-    """n uint8 videos (n, T, H, W, 3) from a generator (see sample.py); y: (n, 10) multi-hot prompts."""
-    from sample import generate_videos
+    """n uint8 videos (n, T, H, W, 3) from a generator (minisora.generate); y: (n, classes) multi-hot prompts."""
     return np.stack([to_uint8_frames(v) for v in generate_videos(module, n, 8, a.seed, a.sampler, a.steps, y=y,
                                                                  cfg_scale=cfg_scale)])
 
@@ -71,6 +72,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="flying_mnist", help="real videos: data/<dataset>/{train,val}")
     p.add_argument("--data_dir", default="data")
+    add_bad_video_arg(p, default="skip")
     p.add_argument("--videos", default=None, help="folder of generated mp4s")
     p.add_argument("--checkpoint", default=None, help="generator checkpoint to sample from")
     p.add_argument("--num_videos", type=int, default=None, help="generated videos to sample / read (default --num_fmd)")
@@ -96,11 +98,12 @@ def main(argv=None):
     if a.prompted and not a.checkpoint:
         sys.exit("error: --prompted samples from a --checkpoint")
     t0 = time.time()
-    common = dict(dataset=a.dataset, data_dir=a.data_dir, sequence_length=a.sequence_length, as_uint8=True)
+    common = dict(dataset=a.dataset, data_dir=a.data_dir, sequence_length=a.sequence_length, as_uint8=True,
+                  on_error=a.on_bad_video)
     try:
         val = VideoDataset(split="val", resolution=a.resolution, **common)
         train = VideoDataset(split="train", resolution=a.resolution, **common)
-    except FileNotFoundError as e:
+    except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     res = a.resolution or int(val[0]["video"].shape[-1])
 
@@ -130,7 +133,6 @@ def main(argv=None):
         sets["generated"] = load_folder(Path(a.videos), num_videos, a.sequence_length)
         name = Path(a.videos).name
     elif a.checkpoint:
-        from sample import load_generator
         device = "cuda" if torch.cuda.is_available() else "cpu"
         module = load_generator(a.checkpoint, device)
         name = Path(a.checkpoint).parent.parent.name
@@ -138,13 +140,11 @@ def main(argv=None):
             print(f"[evaluate] sampling {num_videos} videos from {a.checkpoint} ({a.sampler}, {a.steps} steps)")
             sets["generated"] = sample(module, num_videos, a)
         if a.prompted:
-            if not (getattr(module.hparams, "model_config", None) or {}).get("num_classes"):
+            if not num_classes(module):
                 sys.exit("error: --prompted needs a class-conditional checkpoint (model_config num_classes)")
             if val_labels is None:
                 sys.exit(f"error: --prompted needs the val labels ({val.dir / 'metadata.jsonl'})")
-            y = torch.zeros(n_val, 10, device=device)
-            for i, labels in enumerate(val_labels):
-                y[i, labels] = 1
+            y = multi_hot(val_labels, num_classes(module), device)
             print(f"[evaluate] sampling {n_val} videos prompted with the val videos' digits (cfg scale {a.cfg_scale})")
             sets["generated (prompted)"] = sample(module, n_val, a, y=y, cfg_scale=a.cfg_scale)
             extra["generated (prompted)"] = {"prompt_accuracy": prompt_accuracy(sets["generated (prompted)"], val_labels, clf)}

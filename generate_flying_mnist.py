@@ -24,6 +24,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from minisora.files import atomic_write
 from minisora.flying_mnist import DOWNLOAD_URLS, FlyingMNIST, FlyingMNISTConfig, download_dataset, load_digits
 
 _GEN: FlyingMNIST | None = None  # per-process generator (set by _init_worker)
@@ -100,11 +101,7 @@ def generate(cfg: FlyingMNISTConfig, root: Path, splits: dict[str, int], workers
             pool.join()
     for s, recs in records.items():
         recs.sort(key=lambda r: r["index"])
-        tmp = root / s / ".metadata.jsonl.tmp"
-        with open(tmp, "w") as f:
-            for r in recs:
-                f.write(json.dumps(r, separators=(",", ":")) + "\n")
-        os.replace(tmp, root / s / "metadata.jsonl")
+        atomic_write(root / s / "metadata.jsonl", "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in recs))
     return {s: len(r) for s, r in records.items()}
 
 

@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-import lightning as L
-
-from minisora.lit_diffusion import LitDiffusion, add_diffusion_args, fit, latent_stats_from, resolve_objective
-from minisora.resolve import load_vae
-from minisora.stagefile import check_vae_matches, load_stage
-from minisora.training import add_common_args, run_dir
-from models.stdit import STDiTConfig
+from minisora.cli import add_diffusion_args, add_loop_args, add_run_args, add_vae_arg, diffusion_settings
+from minisora.data import NUM_DIGITS, LatentDataset, collate_videos, load_labels
+from minisora.lit_diffusion import LitDiffusion
+from minisora.resolve import choose_vae, load_vae
+from minisora.stagefile import check_vae_matches, latent_stats, load_stage
+from minisora.training import fit, start_run
+from models.stdit import PRESETS, STDiTConfig
 
 
 def parse_args(argv=None):
@@ -29,76 +29,73 @@ def parse_args(argv=None):
     d = p.add_argument_group("data")
     d.add_argument("--latents_input_file", default=None, help="(N, C, T, H, W) float latents .npy (priority over tokens)")
     d.add_argument("--tokens_input_file", default=None, help="(N, T, H, W) VQ codes .npy, mapped through the VAE codebook")
-    d.add_argument("--vae", default="zzsi_kungfu/videogpt/model-kbu39ped:v11", help="the VAE that made the file (decodes samples)")
+    add_vae_arg(d, help="the VAE that made the input file (decodes samples); default: the one named in its sidecar")
     d.add_argument("--latent_frames_to_generate", type=int, default=8, help="latent frames per training crop / sample")
-    d.add_argument("--batch_size", type=int, default=2)
     m = p.add_argument_group("model (ST-DiT)")
-    m.add_argument("--depth", type=int, default=6)
-    m.add_argument("--hidden_size", type=int, default=768)
-    m.add_argument("--num_heads", type=int, default=3)
+    m.add_argument("--model", default="STDiT-6/768", choices=sorted(PRESETS), metavar="PRESET",
+                   help="size preset (" + ", ".join(PRESETS) + "); --depth/--hidden_size/--num_heads override it")
+    m.add_argument("--depth", type=int, default=None)
+    m.add_argument("--hidden_size", type=int, default=None)
+    m.add_argument("--num_heads", type=int, default=None)
     m.add_argument("--patch_size", default="1,2,2", help="t,h,w")
     m.add_argument("--class_conditional", action="store_true", help="condition on the digits present (metadata labels)")
     m.add_argument("--enable_flashattn", action="store_true",
                    help="accepted for upstream compatibility: SDPA already uses flash kernels on GPUs that have them")
-    t = p.add_argument_group("training")
+    t = p.add_argument_group("schedule")
     t.add_argument("--diffusion_steps", type=int, default=1000,
                    help="respaced steps used for training and sampling (base chain: 1000), as upstream (--objective eps)")
-    t.add_argument("--max_steps", type=int, default=10000, help="optimizer steps")
-    t.add_argument("--epochs", type=int, default=-1)
-    t.add_argument("--max_time", default=None, help="DD:HH:MM:SS")
-    t.add_argument("--lr", type=float, default=1e-4)
-    t.add_argument("--warmup_steps", type=int, default=0)
-    t.add_argument("--accumulate_grad_batches", type=int, default=1)
-    t.add_argument("--clip_grad", type=float, default=1.0, help="global grad-norm clip (0: off)")
-    t.add_argument("--log_every", type=int, default=10)
-    t.add_argument("--sample_every", type=int, default=100, help="optimizer steps between samples (0: off)")
-    t.add_argument("--checkpoint_every", "--ckpt_every", dest="ckpt_every", type=int, default=1000)
+    add_loop_args(p)
     add_diffusion_args(p, learn_sigma_default=True)
-    add_common_args(p, project="flying_mnist")
+    add_run_args(p, project="flying_mnist")
+    p.set_defaults(max_steps=10000, epochs=-1, clip_grad=1.0)
     return p.parse_args(argv)
 
 
 def main(argv=None):
     a = parse_args(argv)
-    L.seed_everything(a.seed, workers=True)
     path = a.latents_input_file or a.tokens_input_file
     if not path:
         sys.exit("error: give --latents_input_file or --tokens_input_file (made by latents.py / tokenize_videos.py)")
-    from minisora.data import LatentDataset, load_labels
     try:
-        diffusion = resolve_objective(a, "iddpm", respace=a.diffusion_steps)
+        diffusion = diffusion_settings(a, "iddpm", respace=a.diffusion_steps)
         if a.objective == "eps" and a.sampler != "ddpm" and a.sample_steps > a.diffusion_steps:
             print(f"[iddpm] --sample_steps {a.sample_steps} > --diffusion_steps {a.diffusion_steps}: periodic "
                   f"{a.sampler} samples use {a.diffusion_steps} steps (the chain's length)")
             a.sample_steps = a.diffusion_steps
         arr, meta = load_stage(path, expect_kind="latents" if a.latents_input_file else "tokens")
+        a.vae = choose_vae(a.vae, "iddpm", meta)
         vae = load_vae(a.vae)
         check_vae_matches(meta, vae, path)
-        codebook = vae.module.quantizer.codebook.float().numpy() if meta["kind"] == "tokens" else None
-        if meta["kind"] == "tokens" and codebook is None:
-            raise ValueError(f"--vae {a.vae} has no codebook for --tokens_input_file")
+        codebook = None
+        if meta["kind"] == "tokens":
+            if not vae.quantize:
+                raise ValueError(f"--vae {a.vae} has no codebook for --tokens_input_file")
+            codebook = vae.module.quantizer.codebook.float().numpy()
         labels = None
         if a.class_conditional:
             src = meta.get("source", {})
             labels = load_labels(f"{src['dataset']}/{src['split']}", src["files"])
-        mean, std = latent_stats_from(meta, arr, codebook)
+        mean, std = latent_stats(meta, arr, codebook)
         data = LatentDataset(arr, mean, std, a.latent_frames_to_generate, codebook, labels=labels)
         shape = tuple(data[0]["latents"].shape)
+        size = {k: v for k, v in PRESETS[a.model].items()}
+        size.update({k: getattr(a, k) for k in ("depth", "hidden_size", "num_heads") if getattr(a, k) is not None})
         cfg = STDiTConfig(input_size=shape[1:], in_channels=shape[0], patch_size=tuple(int(v) for v in a.patch_size.split(",")),
-                          hidden_size=a.hidden_size, depth=a.depth, num_heads=a.num_heads, learn_sigma=a.learn_sigma,
-                          num_classes=10 if a.class_conditional else 0, grad_checkpointing=a.grad_checkpointing)
+                          learn_sigma=a.learn_sigma, num_classes=NUM_DIGITS if a.class_conditional else 0,
+                          grad_checkpointing=a.grad_checkpointing, **size)
     except (ValueError, FileNotFoundError, ConnectionError) as e:
         sys.exit(f"error: {e}")
-    out = run_dir(a, "iddpm")
+    out = start_run(a, "iddpm")
     module = LitDiffusion("stdit", cfg.to_dict(), diffusion,
                           {"mean": mean, "std": std, "shape": list(shape), "source": str(path)}, a.vae, lr=a.lr,
-                          warmup_steps=a.warmup_steps, ema_decay=a.ema_decay, sample_every=a.sample_every,
-                          sample_sampler=a.sampler, sample_steps=a.sample_steps, num_samples=a.num_samples,
-                          sample_dir=str(out / "samples"))
+                          warmup_steps=a.warmup_steps, ema_decay=a.ema_decay, sample_sampler=a.sampler,
+                          sample_steps=a.sample_steps, num_samples=a.num_samples, sample_dir=str(out / "samples"),
+                          cfg_scale=a.cfg_scale)
     module.vae = vae
     n = sum(p.numel() for p in module.model.parameters())
     print(f"[iddpm] ST-DiT ({a.objective}) {n / 1e6:.2f}M params on {len(data)} rows of {path} -> latents {shape}; run dir {out}")
-    fit(a, module, data, out, "iddpm")
+    fit(a, module, data, out=out, script="iddpm", checkpoints=dict(every_n_train_steps=a.ckpt_every, filename="step{step:07d}",
+                                                                   save_top_k=-1), collate_fn=collate_videos)
 
 
 if __name__ == "__main__":

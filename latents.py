@@ -11,15 +11,11 @@ Pretrained image VAEs (diffusers AutoencoderKL) encode frame by frame from [-1, 
 posterior mean times their scaling_factor; project VAEs encode whole clips (KL: posterior mean; VQ: the
 quantized vectors).
 """
-import argparse
-
-from minisora.encode import add_args, run
+from minisora import encode
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_args(p, "latents")
-    run(p.parse_args(argv), "latents")
+    encode.main(argv, "latents", __doc__)
 
 
 if __name__ == "__main__":

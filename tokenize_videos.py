@@ -6,15 +6,11 @@
   python tokenize_videos.py --dataset flying_mnist_demo --resolution 64 --sequence_length 16 \\
       --vae runs/train_vqvae/<run>/checkpoints/last.ckpt --decode 4
 """
-import argparse
-
-from minisora.encode import add_args, run
+from minisora import encode
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_args(p, "tokens")
-    run(p.parse_args(argv), "tokens")
+    encode.main(argv, "tokens", __doc__)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from minisora.lit_gpt import add_lm_args, fit_lm, load_tokens
+from minisora.cli import add_lm_args, add_run_args
+from minisora.data import token_splits
+from minisora.lit_gpt import LitLM
+from minisora.resolve import load_stage_and_vae
+from minisora.training import fit, start_run
 
 
-def main(argv=None):
+def main(argv=None, script: str = "train_latent_mamba"):
     p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
     m = p.add_argument_group("model")
     m.add_argument("--n_layer", type=int, default=8)
@@ -24,15 +28,21 @@ def main(argv=None):
     m.add_argument("--expand", type=int, default=2)
     m.add_argument("--no_kernels", action="store_true", help="force the pure-PyTorch scan even if mamba-ssm is installed")
     add_lm_args(p)
-    p.set_defaults(eval_interval=100, eval_iters=20, sample_interval=1000, min_lr=1e-5, weight_decay=0.01)
+    add_run_args(p, project="flying_mnist")
+    p.set_defaults(eval_interval=100, eval_iters=20, sample_every=1000, min_lr=1e-5, weight_decay=0.01)
     a = p.parse_args(argv)
     try:
-        arr, meta, n_codes, vae = load_tokens(a)
+        arr, meta, vae = load_stage_and_vae(a.tokens_input_file, "tokens", a.vae, script)
+        n_codes = meta.get("n_codes") or vae.n_codes
+        train, val = token_splits(arr, a.val_fraction, a.block_size, n_codes, a.eval_interval * a.batch_size *
+                                  a.accumulate_grad_batches, a.eval_iters * a.batch_size)
     except (ValueError, FileNotFoundError, ConnectionError) as e:
         sys.exit(f"error: {e}")
     cfg = dict(vocab_size=n_codes + 1, d_model=a.n_embed, n_layer=a.n_layer, d_state=a.d_state, d_conv=a.d_conv,
                expand=a.expand, use_kernels=not a.no_kernels)
-    fit_lm(a, "mamba", cfg, arr, n_codes, vae, "train_latent_mamba")
+    out = start_run(a, script)
+    module = LitLM.from_flags(a, "mamba", cfg, n_codes, arr, vae, str(out / "samples"), val.rows)
+    fit(a, module, train, val, out=out, script=script, checkpoints=LitLM.checkpoints)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from minisora.lit_gpt import add_lm_args, fit_lm, load_tokens
+from minisora.cli import add_lm_args, add_run_args
+from minisora.data import token_splits
+from minisora.lit_gpt import LitLM
+from minisora.resolve import load_stage_and_vae
+from minisora.training import fit, start_run
+
+SCRIPT = "train_latent_mdgpt"
 
 
 def main(argv=None):
@@ -31,20 +37,25 @@ def main(argv=None):
     m.add_argument("--causal", action="store_true", help="accepted for upstream compatibility (attention is always causal)")
     m.add_argument("--only_predict_last", action="store_true", help="loss on one random next token per window")
     add_lm_args(p)
-    p.set_defaults(tokens_input_file="data/latents/flying_mnist__model-kbu39ped_tokens_32frames_train.npy")
+    add_run_args(p, project="flying_mnist")
     a = p.parse_args(argv)
     try:
-        arr, meta, n_codes, vae = load_tokens(a)
+        arr, meta, vae = load_stage_and_vae(a.tokens_input_file, "tokens", a.vae, SCRIPT)
+        n_codes = meta.get("n_codes") or vae.n_codes
+        arr = arr[:, :a.num_latent_frames]
+        if a.block_size > arr[0].size:
+            a.block_size = int(arr[0].size)
+            print(f"[{SCRIPT}] block_size capped at {a.block_size} (tokens per cropped video)")
+        window = min(a.sparse_block_size, a.block_size)
+        cfg = dict(vocab_size=n_codes + 1, grid=list(arr.shape[1:]), block_size=window, n_layer=a.n_layer,
+                   n_head=a.n_head, n_embd=a.n_embd, dropout=a.dropout, pos_emb="1d" if a.use_1d_pos_emb else "3d")
+        train, val = token_splits(arr, a.val_fraction, a.block_size, n_codes, a.eval_interval * a.batch_size *
+                                  a.accumulate_grad_batches, a.eval_iters * a.batch_size, a.only_predict_last)
     except (ValueError, FileNotFoundError, ConnectionError) as e:
         sys.exit(f"error: {e}")
-    arr = arr[:, :a.num_latent_frames]
-    if a.block_size + 1 > arr[0].size + 1:
-        a.block_size = int(arr[0].size)
-        print(f"[train_latent_mdgpt] block_size capped at {a.block_size} (tokens per cropped video)")
-    window = min(a.sparse_block_size, a.block_size)
-    cfg = dict(vocab_size=n_codes + 1, grid=list(arr.shape[1:]), block_size=window, n_layer=a.n_layer, n_head=a.n_head,
-               n_embd=a.n_embd, dropout=a.dropout, pos_emb="1d" if a.use_1d_pos_emb else "3d")
-    fit_lm(a, "gpt", cfg, arr, n_codes, vae, "train_latent_mdgpt", only_predict_last=a.only_predict_last)
+    out = start_run(a, SCRIPT)
+    module = LitLM.from_flags(a, "gpt", cfg, n_codes, arr, vae, str(out / "samples"), val.rows)
+    fit(a, module, train, val, out=out, script=SCRIPT, checkpoints=LitLM.checkpoints)
 
 
 if __name__ == "__main__":

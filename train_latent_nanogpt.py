@@ -11,12 +11,24 @@ from its first --prompt_frames latent frames.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 
-from minisora.lit_gpt import add_lm_args, fit_lm, load_tokens
+from minisora.cli import add_lm_args, add_run_args
+from minisora.data import token_splits
+from minisora.lit_gpt import LitLM
+from minisora.resolve import load_stage_and_vae
+from minisora.training import fit, start_run
+from models.gpt import GPTConfig, context_positions
+
+SCRIPT = "train_latent_nanogpt"
 
 
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--mamba" in argv:  # upstream's switch: the same code and flags as train_latent_mamba.py
+        import train_latent_mamba
+        return train_latent_mamba.main([x for x in argv if x != "--mamba"], script=SCRIPT)
     p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
     m = p.add_argument_group("model")
     m.add_argument("--n_layer", type=int, default=8)
@@ -29,31 +41,29 @@ def main(argv=None):
                         "(sampling then recomputes the window every step: no KV cache)")
     m.add_argument("--context_stride", type=int, default=2, help="with --sparse_context_window")
     m.add_argument("--context_stride_start", type=int, default=32, help="with --sparse_context_window: dense tail length")
-    m.add_argument("--mamba", action="store_true", help="use Mamba blocks instead of attention (as train_latent_mamba.py)")
+    m.add_argument("--mamba", action="store_true",
+                   help="train a Mamba instead: runs train_latent_mamba.py with the other flags (see its --help)")
     add_lm_args(p)
+    add_run_args(p, project="flying_mnist")
     a = p.parse_args(argv)
-    if a.sparse_context_window and a.mamba:
-        sys.exit("error: --sparse_context_window is for the transformer (a Mamba state already summarises all the past)")
     try:
-        arr, meta, n_codes, vae = load_tokens(a)
+        arr, meta, vae = load_stage_and_vae(a.tokens_input_file, "tokens", a.vae, SCRIPT)
+        n_codes = meta.get("n_codes") or vae.n_codes
+        cfg = dict(vocab_size=n_codes + 1, grid=list(arr.shape[1:]), block_size=a.block_size, n_layer=a.n_layer,
+                   n_head=a.n_head, n_embd=a.n_embd, dropout=a.dropout, pos_emb=a.pos_emb)
+        context = None
+        if a.sparse_context_window:
+            cfg.update(context_stride=a.context_stride, context_dense=a.context_stride_start)
+            context = functools.partial(context_positions, block_size=a.block_size, stride=a.context_stride,
+                                        dense=a.context_stride_start)
+        GPTConfig(**cfg)  # validates
+        train, val = token_splits(arr, a.val_fraction, a.block_size, n_codes, a.eval_interval * a.batch_size *
+                                  a.accumulate_grad_batches, a.eval_iters * a.batch_size, context=context)
     except (ValueError, FileNotFoundError, ConnectionError) as e:
         sys.exit(f"error: {e}")
-    if a.mamba:
-        cfg = dict(vocab_size=n_codes + 1, d_model=a.n_embd, n_layer=a.n_layer)
-        fit_lm(a, "mamba", cfg, arr, n_codes, vae, "train_latent_nanogpt")
-        return
-    cfg = dict(vocab_size=n_codes + 1, grid=list(arr.shape[1:]), block_size=a.block_size, n_layer=a.n_layer,
-               n_head=a.n_head, n_embd=a.n_embd, dropout=a.dropout, pos_emb=a.pos_emb)
-    context = None
-    if a.sparse_context_window:
-        context = (a.context_stride, a.context_stride_start)
-        cfg.update(context_stride=a.context_stride, context_dense=a.context_stride_start)
-    try:
-        from models.gpt import GPTConfig
-        GPTConfig(**cfg)
-    except ValueError as e:
-        sys.exit(f"error: {e}")
-    fit_lm(a, "gpt", cfg, arr, n_codes, vae, "train_latent_nanogpt", context=context)
+    out = start_run(a, SCRIPT)
+    module = LitLM.from_flags(a, "gpt", cfg, n_codes, arr, vae, str(out / "samples"), val.rows)
+    fit(a, module, train, val, out=out, script=SCRIPT, checkpoints=LitLM.checkpoints)
 
 
 if __name__ == "__main__":

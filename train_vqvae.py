@@ -16,15 +16,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-import lightning as L
-import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
-from torch.utils.data import DataLoader
-
+from minisora.cli import add_loop_args, add_run_args
 from minisora.data import VideoDataset, collate_videos
 from minisora.lit_vae import LitVAE
-from minisora.training import add_common_args, make_trainer, resume_checkpoint, run_dir
-from models.vqvae import PRESETS, make_config
+from minisora.training import fit, start_run
+from models.vqvae import PRESETS, VideoVAE, make_config
 
 
 def parse_args(argv=None):
@@ -52,22 +48,16 @@ def parse_args(argv=None):
     d.add_argument("--resolution", type=int, default=64)
     d.add_argument("--sequence_length", type=int, default=16, help="frames per training clip")
     d.add_argument("--frame_stride", type=int, default=1)
-    d.add_argument("--batch_size", type=int, default=2)
     d.add_argument("--max_videos", type=int, default=None, help="use only the first N train videos")
-    t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--max_steps", type=int, default=-1, help="stop after this many optimizer steps (-1: epochs decide)")
-    t.add_argument("--max_time", default=None, help="stop after this wall time, DD:HH:MM:SS (e.g. 00:00:15:00)")
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--accumulate_grad_batches", type=int, default=1, help="(upstream silently defaulted to 8)")
+    t = p.add_argument_group("VAE training")
     t.add_argument("--limit_train_batches", type=float, default=1.0)
     t.add_argument("--limit_val_batches", type=float, default=1.0)
-    t.add_argument("--save_every_n_epochs", type=int, default=1)
-    t.add_argument("--log_every_n_steps", type=int, default=50)
+    t.add_argument("--save_every_n_epochs", type=int, default=1, help="keep a checkpoint every N epochs (with --ckpt_every 0)")
     t.add_argument("--log_videos_every", type=int, default=500, help="save a train reconstruction video every N steps (0: off)")
-    t.add_argument("--clip_grad", type=float, default=1.0, help="global grad-norm clip (0: off)")
     t.add_argument("--watch_gradients", action="store_true", help="wandb.watch the model (with --track)")
-    add_common_args(p, project="videogpt")
+    add_loop_args(p, warmup=False, samples=False)
+    add_run_args(p, project="videogpt")
+    p.set_defaults(epochs=10, lr=1e-3, log_every=50, ckpt_every=0, clip_grad=1.0)
     a = p.parse_args(argv)
     if a.limit_train_batches > 1:
         a.limit_train_batches = int(a.limit_train_batches)
@@ -99,20 +89,15 @@ def main(argv=None):
         cfg = build_config(a)
     except ValueError as e:
         sys.exit(f"error: {e}")
-    L.seed_everything(a.seed, workers=True)
-    torch.set_float32_matmul_precision("high")
-    out = run_dir(a, "train_vqvae")
+    out = start_run(a, "train_vqvae")
     common = dict(dataset=a.dataset, data_dir=a.data_dir, resolution=a.resolution, sequence_length=a.sequence_length,
                   frame_stride=a.frame_stride, as_uint8=True, on_error=a.on_bad_video)
     try:
         train = VideoDataset(split="train", random_clip=True, max_videos=a.max_videos, **common)
         val = VideoDataset(split="val", **common)
-        from models.vqvae import VideoVAE
         VideoVAE(cfg).latent_shape(a.sequence_length, a.resolution, a.resolution)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
-    loader = dict(batch_size=a.batch_size, num_workers=a.num_workers, pin_memory=torch.cuda.is_available(),
-                  persistent_workers=a.num_workers > 0, collate_fn=collate_videos)
     model = LitVAE(cfg.to_dict(), lr=a.lr, reinit_every_n_epochs=a.reinit_every_n_epochs,
                    log_videos_every=a.log_videos_every, sample_dir=str(out / "samples"),
                    data={k: v for k, v in common.items() if k != "as_uint8"})
@@ -120,23 +105,11 @@ def main(argv=None):
     print(f"[train_vqvae] {a.network_variant}: {n_params / 1e6:.3f}M params, strides t{cfg.temporal_stride} "
           f"s{cfg.spatial_stride}, E={cfg.embedding_dim}, quantize={cfg.quantize} (K={cfg.n_codes}), kl={cfg.kl}; "
           f"{len(train)} train / {len(val)} val clips; run dir {out}")
-    ckpt = ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="epoch{epoch:03d}", auto_insert_metric_name=False,
-                           every_n_epochs=a.save_every_n_epochs, save_last=True, save_top_k=-1)
-    trainer = make_trainer(a, out, callbacks=[ckpt], max_epochs=a.epochs, max_steps=a.max_steps, max_time=a.max_time,
-                           accumulate_grad_batches=a.accumulate_grad_batches, limit_train_batches=a.limit_train_batches,
-                           limit_val_batches=a.limit_val_batches, log_every_n_steps=a.log_every_n_steps,
-                           clip_grad=a.clip_grad, num_sanity_val_steps=0)
-    if a.track and a.watch_gradients:
-        trainer.loggers[-1].watch(model.model, log="gradients")
-    if a.compile:
-        model.model.compile()  # in place: checkpoint keys stay model.* (torch.compile would add _orig_mod.)
-    resume = resume_checkpoint(a.resume_from)
-    trainer.fit(model, DataLoader(train, shuffle=True, drop_last=len(train) >= a.batch_size, **loader),
-                DataLoader(val, **loader), ckpt_path=resume)
-    if trainer.is_global_zero:
-        m = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-        print(f"[train_vqvae] done. val: {m}\n[train_vqvae] checkpoint: {out / 'checkpoints' / 'last.ckpt'}"
-              f"\n[train_vqvae] samples: {out / 'samples'}  metrics: {out / 'metrics.csv'}")
+    kept = dict(every_n_train_steps=a.ckpt_every, filename="step{step:07d}") if a.ckpt_every else \
+        dict(every_n_epochs=a.save_every_n_epochs, filename="epoch{epoch:03d}")
+    fit(a, model, train, val, out=out, script="train_vqvae", checkpoints=dict(save_top_k=-1, **kept),
+        collate_fn=collate_videos, limit_train_batches=a.limit_train_batches, limit_val_batches=a.limit_val_batches,
+        watch=a.track and a.watch_gradients)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Does a VAE give the digits' colours back? Trains a VAE from models/vqvae.py on Flying MNIST clips for a fixed
 number of optimizer steps (or seconds) and scores its reconstructions of the val clips: PSNR, chroma (mean max-min
 over RGB of the foreground, 0-255; real videos: ~76) and the per-digit colour error (distance between the mean RGB
-of the reconstruction and of the source over each digit's pixels, digits told apart by their metadata colours).
+of the reconstruction and of the source over each digit's pixels: minisora.evaluation.colour_error, the same
+measure as `evaluate.py --vae`).
 Steps, not minutes, make runs comparable on a shared machine. The README's colour ablation rows come from here.
 
   python bench/bench_vae_colour.py --steps 150                                   # vae_s4t4_m, E=4: the old recipe
@@ -22,6 +23,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from minisora.evaluation import chroma, colour_error  # noqa: E402
+from minisora.metrics import psnr  # noqa: E402
 from minisora.video_io import read_video  # noqa: E402
 from models.vqvae import VideoVAE, make_config  # noqa: E402
 
@@ -33,25 +36,6 @@ def load(split_dir: Path, n: int) -> torch.Tensor:
 
 def to_model(u: torch.Tensor) -> torch.Tensor:
     return u.permute(0, 4, 1, 2, 3).float().div(127.5).sub(1)
-
-
-def chroma(v: np.ndarray) -> float:
-    fg = v.max(-1) > 60
-    return float((v.max(-1) - v.min(-1))[fg].mean())
-
-
-def digit_colour_error(real: np.ndarray, recon: np.ndarray, meta: list[dict]) -> float:
-    """Per digit of each video (pixels of the real foreground nearest to that digit's metadata colour)."""
-    errs = []
-    for r, f, m in zip(real, recon, meta):
-        cols = np.array(m["colors"], float)
-        fg = r.max(-1) > 60
-        own = ((r[..., None, :] - cols) ** 2).sum(-1).argmin(-1)
-        for k in range(len(cols)):
-            mask = fg & (own == k)
-            if mask.sum() > 20:
-                errs.append(np.linalg.norm(r[mask].mean(0) - f[mask].mean(0)))
-    return float(np.mean(errs))
 
 
 def main(argv=None):
@@ -76,10 +60,7 @@ def main(argv=None):
     torch.manual_seed(a.seed)
     data = Path(a.data)
     train = load(data / "train", a.max_videos)
-    split = "train" if a.score_train else "val"
     test = train[:64] if a.score_train else load(data / "val", 64)
-    meta = [json.loads(line) for line in open(data / split / "metadata.jsonl")]
-    meta = sorted(meta, key=lambda m: m["file"])[:len(test)]
     over = dict(kl_weight=a.kl_weight, embedding_dim=a.embedding_dim, chroma_weight=a.chroma_weight,
                 group_channels=a.group_channels)
     for k in ("channels", "res_blocks", "temporal_stride"):
@@ -99,11 +80,11 @@ def main(argv=None):
     x = to_model(test)
     with torch.no_grad():
         rec = torch.cat([model(x[i:i + 16], sample_posterior=False)["recon"].float() for i in range(0, len(x), 16)]).clamp(-1, 1)
-    psnr = float((10 * torch.log10(4 / ((rec - x) ** 2).mean((1, 2, 3, 4)))).mean())
+    score = float(psnr(rec, x).mean())
     real_u, rec_u = ((x + 1) * 127.5).permute(0, 2, 3, 4, 1).numpy(), ((rec + 1) * 127.5).permute(0, 2, 3, 4, 1).numpy()
     print(json.dumps({"args": {k: v for k, v in vars(a).items() if k != "data"}, "steps": step, "seconds": round(time.time() - t0),
-                      "psnr": round(psnr, 2), "chroma_real": round(chroma(real_u), 1), "chroma_recon": round(chroma(rec_u), 1),
-                      "digit_colour_error": round(digit_colour_error(real_u, rec_u, meta), 1)}))
+                      "psnr": round(score, 2), "chroma_real": round(chroma(real_u), 1), "chroma_recon": round(chroma(rec_u), 1),
+                      "digit_colour_error": round(colour_error(real_u, rec_u), 1)}))
 
 
 if __name__ == "__main__":

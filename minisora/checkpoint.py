@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from minisora.files import atomic_path
 
 FORMAT_VERSION = 1
 UPSTREAM_HINT = ("Upstream's published checkpoints (zzsi_kungfu/videogpt/model-*, zzsi_kungfu/flying_mnist/*) hold "
@@ -24,18 +25,9 @@ UPSTREAM_HINT = ("Upstream's published checkpoints (zzsi_kungfu/videogpt/model-*
 
 
 def atomic_save(obj, path: str | os.PathLike) -> str:
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_", suffix=".pt")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return os.fspath(path)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -45,8 +37,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_save(checkpoint, path)
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """torch.load(weights_only=True) on CPU; clear errors for missing or non-MiniSora files."""
+def find_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint file: the path itself, or in a folder its last.ckpt / model.ckpt (else the last .ckpt/.pt)."""
     path = Path(path)
     if path.is_dir():
         found = sorted(path.rglob("*.ckpt")) + sorted(path.rglob("*.pt"))
@@ -56,8 +48,15 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         path = (last or found)[-1]
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict:
+    """torch.load(weights_only=True) on CPU; clear errors for missing or non-MiniSora files. mmap=True maps
+    the tensors instead of reading them (a cheap look at the metadata of a large file)."""
+    path = find_checkpoint(path)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:  # weights_only refuses pickled Python objects (argparse Namespaces, ...)
         raise ValueError(f"{path} is not a MiniSora checkpoint: it holds pickled Python objects, which "
                          f"MiniSora never writes. {UPSTREAM_HINT} ({str(e).splitlines()[0]})") from None
@@ -68,6 +67,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise ValueError(f"{path} has format_version {ckpt['minisora']['format_version']} > supported {FORMAT_VERSION}")
     ckpt["minisora"]["path"] = str(path)
     return ckpt
+
+
+def checkpoint_step(path: str | os.PathLike) -> int:
+    """The optimizer step a training checkpoint was saved at (read through mmap: no tensor is loaded)."""
+    return int(load_checkpoint(path, mmap=True).get("global_step", 0))
 
 
 def module_state_dict(ckpt: dict, prefix: str = "model.", ema: bool = False) -> dict:

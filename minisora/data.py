@@ -17,14 +17,16 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, default_collate, get_worker_info
 
-from minisora.video_io import VideoReadError, list_videos, read_video, video_info
-from models.gpt import context_positions
+from minisora.video_io import BadVideosError, VideoReadError, list_videos, probe_videos, read_video, video_info
 
 GENERATE_HINT = (
     "Generate Flying MNIST with `python generate_flying_mnist.py --name {name}` (add e.g. --resolution 64 "
     "--num_frames 16 --max_digits 2 --num_train 512 --num_val 64 for a CPU-small set), or download the "
     "published videos with `python generate_flying_mnist.py --download 11k`."
 )
+
+
+NUM_DIGITS = 10  # label classes of Flying MNIST: the multi-hot `labels` width
 
 
 def split_dir(dataset: str, split: str, data_dir: str | os.PathLike = "data") -> Path:
@@ -98,8 +100,11 @@ class VideoDataset(Dataset):
     as_uint8=True returns uint8 0..255 clips instead (normalise on the device with `to_model_range`):
     a float32 clip is 4x bigger, and producing it costs more than decoding it.
 
-    Bad videos (corrupt, empty, too short): on_error="skip" warns with the file name, counts it in
-    `skipped`, and returns the next good video instead; on_error="raise" stops with VideoReadError.
+    Bad videos (empty, not a video, truncated, shorter than a clip) are found up front by
+    `video_io.probe_videos`, all at once: on_error="raise" stops with a BadVideosError listing each with its
+    reason; on_error="skip" warns once per file and leaves them out of `files` (so item i is still
+    `files[i]`), recorded in `skipped` ({path: reason}). A file that passes the probe but fails to decode
+    later is skipped at read time (the next good video is returned instead) or raised, the same way.
     """
 
     def __init__(self, dataset: str = "flying_mnist", split: str = "train", resolution: int | None = 64,
@@ -119,7 +124,8 @@ class VideoDataset(Dataset):
         self.num_clips_per_video, self.random_clip = num_clips_per_video, random_clip
         self.return_metadata, self.on_error, self.backend = return_metadata, on_error, backend
         self.as_uint8 = as_uint8
-        self.skipped: set[str] = set()
+        self.skipped: dict[str, str] = {}
+        self._leave_out_bad_videos()
         self._num_frames: dict[int, int] = {}
         info = self.dir.parent / "info.json"  # written by generate_flying_mnist.py: every video has the same length
         if info.exists():
@@ -127,6 +133,21 @@ class VideoDataset(Dataset):
             self._num_frames = dict.fromkeys(range(len(self.files)), n) if n else {}
         self.labels = load_labels(self.dir, [p.relative_to(self.dir).as_posix() for p in self.files]) \
             if return_metadata else None
+
+    def _leave_out_bad_videos(self) -> None:
+        bad = probe_videos(self.files, self.span)
+        if not bad:
+            return
+        listing = "\n".join(f"  {p}: {reason}" for p, reason in bad)
+        if len(bad) == len(self.files):
+            raise BadVideosError(f"no usable video in {self.dir}: all {len(bad)} are bad:\n{listing}", bad)
+        if self.on_error == "raise":
+            raise BadVideosError(f"{len(bad)} of {len(self.files)} videos in {self.dir} cannot be used "
+                                 f"(--on_bad_video skip leaves them out):\n{listing}", bad)
+        for p, reason in bad:
+            warnings.warn(f"skipping bad video {p}: {reason}", stacklevel=3)
+        self.skipped = {str(p): reason for p, reason in bad}
+        self.files = [f for f in self.files if str(f) not in self.skipped]
 
     @property
     def span(self) -> int:
@@ -157,7 +178,7 @@ class VideoDataset(Dataset):
         frames = read_video(self.files[vi], start, self.sequence_length, self.frame_stride, backend=self.backend)
         item = {"video": frames_to_tensor(frames, self.resolution, self.as_uint8), "index": vi, "start": start}
         if self.labels is not None:
-            multi_hot = torch.zeros(10)
+            multi_hot = torch.zeros(NUM_DIGITS)
             multi_hot[list(self.labels[vi])] = 1.0
             item["labels"], item["num_digits"] = multi_hot, len(self.labels[vi])
         return item
@@ -172,7 +193,7 @@ class VideoDataset(Dataset):
                 if self.on_error == "raise":
                     raise
                 if str(self.files[v]) not in self.skipped:
-                    self.skipped.add(str(self.files[v]))
+                    self.skipped[str(self.files[v])] = str(e)
                     warnings.warn(f"skipping bad video ({len(self.skipped)} so far): {e}", stacklevel=2)
         raise VideoReadError(f"no readable video in {self.dir}")
 
@@ -206,10 +227,10 @@ class LatentDataset(Dataset):
             codes = np.asarray(self.array[i, s:s + self.frames]).astype(np.int64)
             z = torch.from_numpy(self.codebook[codes]).permute(3, 0, 1, 2)  # (t, h, w, E) -> (E, t, h, w)
         else:
-            z = torch.from_numpy(np.asarray(self.array[i, :, s:s + self.frames], np.float32))
+            z = torch.from_numpy(np.array(self.array[i, :, s:s + self.frames], np.float32))  # a copy: the memmap is read-only
         item = {"latents": (z.float() - self.mean) / self.std, "index": i}
         if self.labels is not None:
-            y = torch.zeros(10)
+            y = torch.zeros(NUM_DIGITS)
             y[list(self.labels[i])] = 1.0
             item["labels"] = y
         return item
@@ -235,12 +256,13 @@ class TokenWindows(Dataset):
     """Training windows over videos of VQ codes: each row of a tokens file (N, t, h, w) is one video,
     flattened to the sequence [BOS, c_0, c_1, ...]; an item is a random window of block_size + 1 tokens of
     one video (windows never cross videos): x = window[:-1], y = window[1:], `start` = x's sequence position.
-    context=(stride, dense): sparse windows (models.gpt.context_positions): x = the tokens at those
-    positions, y = each one's next token, `start` = the positions (block_size,).
+    context: sparse windows, a function length -> the block_size positions a window ending there sees (e.g.
+    functools.partial(models.gpt.context_positions, block_size=..., stride=..., dense=...)): x = the tokens
+    at those positions, y = each one's next token, `start` = the positions (block_size,).
     `samples_per_epoch` items are drawn per epoch (videos uniformly, offsets uniformly)."""
 
     def __init__(self, array: np.ndarray, rows: range, block_size: int, bos: int, samples_per_epoch: int = 10000,
-                 only_predict_last: bool = False, context: tuple[int, int] | None = None):
+                 only_predict_last: bool = False, context=None):
         self.array, self.rows, self.block_size, self.bos = array, rows, block_size, bos
         self.only_predict_last, self.context = only_predict_last, context
         self.seq_len = int(np.prod(array.shape[1:])) + 1
@@ -258,7 +280,7 @@ class TokenWindows(Dataset):
         codes = np.asarray(self.array[row]).reshape(-1).astype(np.int64)
         full = np.concatenate([[self.bos], codes])
         if self.context is not None:  # sparse window predicting the token after position q = start + block_size - 1
-            pos = np.asarray(context_positions(start + self.block_size, self.block_size, *self.context))
+            pos = np.asarray(self.context(start + self.block_size))
             x, y = torch.from_numpy(full[pos]), torch.from_numpy(full[pos + 1])
             return {"x": x, "y": y, "start": torch.from_numpy(pos), "row": row}
         seq = torch.from_numpy(full[start:start + self.block_size + 1])
@@ -268,3 +290,14 @@ class TokenWindows(Dataset):
             y[:k] = -1
             y[k + 1:] = -1
         return {"x": x, "y": y, "start": start, "row": row}
+
+
+def token_splits(array: np.ndarray, val_fraction: float, block_size: int, bos: int, train_items: int, val_items: int,
+                 only_predict_last: bool = False, context=None) -> tuple[TokenWindows, TokenWindows]:
+    """Train and val TokenWindows of a tokens array: the last val_fraction of its rows (at least one, when
+    there are two or more) are held out for val/loss; a one-video file validates on its training row."""
+    n_val = max(1, int(len(array) * val_fraction)) if len(array) > 1 else 0
+    train_rows, val_rows = range(0, len(array) - n_val), range(len(array) - n_val, len(array))
+    train = TokenWindows(array, train_rows, block_size, bos, train_items, only_predict_last, context)
+    val = TokenWindows(array, val_rows or train_rows, block_size, bos, val_items, only_predict_last, context)
+    return train, val

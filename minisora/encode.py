@@ -14,11 +14,11 @@ from tqdm import tqdm
 
 from minisora.data import VideoDataset, collate_videos, to_model_range
 from minisora.metrics import psnr
-from minisora.resolve import VAEHandle, load_vae
+from minisora.cli import VAE_HELP, add_bad_video_arg, add_vae_arg
+from minisora.resolve import VAEHandle, choose_vae, load_vae
 from minisora.stagefile import StageWriter, check_vae_matches, load_stage, token_dtype
-from minisora.training import save_video_grid
+from minisora.video_io import VideoReadError, save_video_grid
 
-UPSTREAM_VAE = "zzsi_kungfu/videogpt/model-kbu39ped:v11"
 
 
 def add_args(p: argparse.ArgumentParser, kind: str) -> None:
@@ -26,20 +26,26 @@ def add_args(p: argparse.ArgumentParser, kind: str) -> None:
     p.add_argument("--data_dir", default="data")
     p.add_argument("--split", default="train")
     p.add_argument("--batch_size", type=int, default=2)
-    p.add_argument("--vae", default=UPSTREAM_VAE,
-                   help="VAE: a MiniSora checkpoint path, a wandb artifact (entity/project/name:vN) or a Hugging Face "
-                        "AutoencoderKL id/folder (e.g. stabilityai/sd-vae-ft-mse, applied per frame)"
-                   + ("" if kind == "latents" else "; must be a quantizing (VQ) VAE"))
+    add_vae_arg(p, help=VAE_HELP + ("" if kind == "latents" else "; must be a quantizing (VQ) VAE"))
     p.add_argument("--resolution", type=int, default=256, help="frame size the clips are resized to")
     p.add_argument("--sequence_length", type=int, default=32, help="frames per clip (one clip per video, from frame 0)")
     p.add_argument("--frame_stride", type=int, default=1)
     p.add_argument("--max_videos", type=int, default=None, help="only the first N videos of the split")
+    add_bad_video_arg(p, default="raise")  # rows must stay aligned with the listed files
     p.add_argument("--output", default=None,
                    help=f"output .npy (default data/latents/<dataset>__<vae name>_{kind}_<T>frames_<split>.npy)")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--num_workers", type=int, default=2)
     p.add_argument("--decode", type=int, default=0, metavar="N",
                    help="decode the first N rows back to mp4 (next to the output) and print PSNR vs the source clips")
+
+
+def main(argv, kind: str, description: str) -> Path:
+    """The whole of latents.py (kind "latents") and tokenize_videos.py (kind "tokens")."""
+    p = argparse.ArgumentParser(description=description, allow_abbrev=False,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_args(p, kind)
+    return run(p.parse_args(argv), kind)
 
 
 def default_output(a, vae: VAEHandle, kind: str) -> Path:
@@ -49,6 +55,7 @@ def default_output(a, vae: VAEHandle, kind: str) -> Path:
 def run(a, kind: str) -> Path:
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
+        a.vae = choose_vae(a.vae, kind, quantize=kind == "tokens")
         vae = load_vae(a.vae, device)
         if kind == "tokens" and not vae.quantize:
             raise ValueError(f"--vae {a.vae} does not quantize ({vae.kind} {vae.config.get('variant', '')}); tokens need "
@@ -56,9 +63,13 @@ def run(a, kind: str) -> Path:
         latent_shape = vae.latent_shape(a.sequence_length, a.resolution, a.resolution)
     except (ValueError, FileNotFoundError, ConnectionError) as e:
         sys.exit(f"error: {e}")
-    ds = VideoDataset(a.dataset, a.split, resolution=a.resolution, sequence_length=a.sequence_length,
-                      frame_stride=a.frame_stride, data_dir=a.data_dir, max_videos=a.max_videos, as_uint8=True,
-                      on_error="raise")  # rows must stay aligned with videos: a bad file stops the run
+    try:
+        ds = VideoDataset(a.dataset, a.split, resolution=a.resolution, sequence_length=a.sequence_length,
+                          frame_stride=a.frame_stride, data_dir=a.data_dir, max_videos=a.max_videos, as_uint8=True,
+                          on_error=a.on_bad_video)
+    except (ValueError, FileNotFoundError) as e:  # bad videos (each named, from the probe) or no data
+        sys.exit(f"error: {e}")
+    ds.on_error = "raise"  # past the probe, rows must stay aligned with ds.files: a file that fails to decode stops
     out = Path(a.output) if a.output else default_output(a, vae, kind)
     if out.exists():
         print(f"[{kind}] {out} exists; delete it to recompute")
@@ -68,6 +79,8 @@ def run(a, kind: str) -> Path:
         meta = {"kind": kind,
                 "source": {"dataset": str(ds.dir.parent), "split": a.split, "num_videos": len(ds),
                            "files": [p.relative_to(ds.dir).as_posix() for p in ds.files],
+                           "skipped": [{"file": Path(p).relative_to(ds.dir).as_posix(), "reason": r}
+                                       for p, r in ds.skipped.items()],
                            "sequence_length": a.sequence_length, "resolution": a.resolution, "frame_stride": a.frame_stride,
                            "clip_start": 0},
                 "vae": {"reference": vae.reference, "name": vae.name, "kind": vae.kind, "config": vae.config,
@@ -81,10 +94,14 @@ def run(a, kind: str) -> Path:
             print(f"[{kind}] resuming {out}: {writer.rows_done}/{len(ds)} rows already written")
         loader = DataLoader(Subset(ds, range(writer.rows_done, len(ds))), batch_size=a.batch_size,
                             num_workers=a.num_workers, pin_memory=device.startswith("cuda"), collate_fn=collate_videos)
-        for batch in tqdm(loader, desc=f"encoding {a.split} -> {out.name}", unit="batch"):
-            x = to_model_range(batch["video"].to(device, non_blocking=True))
-            rows = vae.encode(x) if kind == "latents" else vae.encode_codes(x)
-            writer.write(rows.cpu().numpy().astype(dtype))
+        try:
+            for batch in tqdm(loader, desc=f"encoding {a.split} -> {out.name}", unit="batch"):
+                x = to_model_range(batch["video"].to(device, non_blocking=True))
+                rows = vae.encode(x) if kind == "latents" else vae.encode_codes(x)
+                writer.write(rows.cpu().numpy().astype(dtype))
+        except VideoReadError as e:  # passed the probe, fails to decode; from a worker, the message ends the traceback
+            msg = str(e).strip().splitlines()[-1].partition("VideoReadError: ")[2] or str(e)
+            sys.exit(f"error: {msg} (it passed the up-front probe but does not decode: fix or remove it and rerun)")
         writer.finish()
         print(f"[{kind}] wrote {out} {list(shape)} {np.dtype(dtype).name} + sidecar {out.with_suffix('.json').name}")
     if a.decode:
@@ -99,7 +116,7 @@ def decode_check(path: Path, vae: VAEHandle, ds: VideoDataset, n: int, kind: str
     out_dir = path.with_name(path.stem + "_decoded")
     scores = []
     for i in range(min(n, len(arr))):
-        row = torch.from_numpy(np.asarray(arr[i:i + 1])).to(vae.device)
+        row = torch.from_numpy(np.array(arr[i:i + 1])).to(vae.device)  # a copy: the memmap is read-only
         video = vae.decode(row.float()) if kind == "latents" else vae.decode_codes(row.long())
         src = to_model_range(ds[i]["video"]).unsqueeze(0).to(video.device)
         scores.append(float(psnr(video, src)))

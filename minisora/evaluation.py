@@ -295,9 +295,9 @@ def find_digits(frames: np.ndarray, classifier: DigitCNN, threshold: int = FG_TH
                 max_per_frame: int = 16):
     """Per frame of uint8 (T, H, W, 3): list of (cy, cx, class, confidence, area, mean RGB), one per blob of
     foreground pixels (brightest channel > threshold; pieces within 2 px of each other are one blob), the
-    `max_per_frame` largest. Blobs that cannot be a digit (box over half the frame, or more than
-    60% of a box wider than a third of its height inked: digits are strokes, a 1 is narrow) get class -1 and
-    confidence 0: found, but not legible."""
+    `max_per_frame` largest. Blobs that cannot be a digit (box side over half the frame, or more than 60% of
+    the box inked unless its short side is at most a third of its long side: digits are strokes, a 1 is narrow)
+    get class -1 and confidence 0: found, but not legible."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # hundreds of small ops: threads only add overhead (and stall on a busy machine)
     try:

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import gzip
 import os
-import socket
 import urllib.parse
+import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from minisora.files import atomic_path
 from minisora.video_io import write_video_yuv420
 
 BUNDLED_DIGITS = Path(__file__).with_name("assets") / "mnist_digits_10k.npz"
@@ -92,6 +93,7 @@ def load_digits(source: str = "bundled", data_dir: str | os.PathLike = "data") -
         root = Path(data_dir) / "mnist"
         raw = root / "MNIST" / "raw"
         if not (raw / "train-images-idx3-ubyte").exists():
+            from minisora.resolve import require_online
             require_online("https://ossci-datasets.s3.amazonaws.com/mnist/", what="full MNIST (torchvision)",
                            fallback="use the bundled 10k digits (the default, --mnist bundled)")
         from torchvision.datasets import MNIST
@@ -127,27 +129,14 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape).copy()
 
 
-# --------------------------------------------------------------------------------------- network
-def require_online(url: str, what: str, fallback: str, timeout: float = 4.0) -> None:
-    """Fail fast (seconds, not minutes of retries) with a useful message when `url`'s host is unreachable."""
-    host = urllib.parse.urlparse(url).hostname
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-    except OSError as e:
-        raise ConnectionError(
-            f"cannot reach {host} to download {what} ({type(e).__name__}: {e}). "
-            f"This machine looks offline. Instead: {fallback}."
-        ) from None
-
-
 def download_dataset(size: str, data_dir: str | os.PathLike = "data") -> Path:
     """Download and extract the published Flying MNIST tarball (11k or 110k videos) into data_dir."""
     import tarfile
-    import urllib.request
 
     from tqdm import tqdm
 
     url = DOWNLOAD_URLS[size]
+    from minisora.resolve import require_online
     require_online(url, what=f"the Flying MNIST {size} tarball", fallback=(
         "generate the data locally, e.g. `python generate_flying_mnist.py --name flying_mnist "
         "--num_train 10000 --num_val 1000` (upstream distribution), or a CPU-small set with "
@@ -155,14 +144,12 @@ def download_dataset(size: str, data_dir: str | os.PathLike = "data") -> Path:
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     tar_path = data_dir / Path(urllib.parse.urlparse(url).path).name
-    tmp = tar_path.with_suffix(".part")
-    with urllib.request.urlopen(url, timeout=30) as r, open(tmp, "wb") as f, tqdm(
+    with atomic_path(tar_path) as tmp, urllib.request.urlopen(url, timeout=30) as r, open(tmp, "wb") as f, tqdm(
         total=int(r.headers.get("Content-Length", 0)) or None, unit="B", unit_scale=True, desc=tar_path.name
     ) as bar:
         while chunk := r.read(1 << 20):
             f.write(chunk)
             bar.update(len(chunk))
-    os.replace(tmp, tar_path)
     with tarfile.open(tar_path) as t:
         t.extractall(data_dir, filter="data")
     tar_path.unlink()

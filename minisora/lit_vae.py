@@ -10,7 +10,8 @@ import torch.distributed as dist
 from minisora.checkpoint import FORMAT_VERSION
 from minisora.data import to_model_range
 from minisora.metrics import psnr, ssim
-from minisora.training import can_fuse, log_video, save_video_grid
+from minisora.training import can_fuse, log_video
+from minisora.video_io import save_video_grid
 from models.vqvae import VAEConfig, VideoVAE
 
 

@@ -1,4 +1,4 @@
-"""One resolver for every model reference (--vae, --vae_model, --resume_from):
+"""One resolver for every model reference (--vae, --resume_from, --checkpoint), and the network checks:
 
   * a local file or folder        -> a MiniSora checkpoint, or a diffusers AutoencoderKL folder
   * entity/project/name:vN        -> a wandb artifact, downloaded to data/artifacts/ (needs network + API key)
@@ -12,17 +12,33 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from einops import rearrange
 
-from minisora.checkpoint import load_checkpoint, module_state_dict
-from minisora.flying_mnist import require_online
+from models import build_model
+
+from minisora.checkpoint import find_checkpoint, load_checkpoint, module_state_dict
 
 WANDB_RE = re.compile(r"^[\w.-]+/[\w.-]+/[\w.-]+:[\w.-]+$")
 HF_RE = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+def require_online(url: str, what: str, fallback: str, timeout: float = 4.0) -> None:
+    """Fail fast (seconds, not minutes of retries) with a useful message when `url`'s host is unreachable."""
+    host = urllib.parse.urlparse(url).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError as e:
+        raise ConnectionError(
+            f"cannot reach {host} to download {what} ({type(e).__name__}: {e}). "
+            f"This machine looks offline. Instead: {fallback}."
+        ) from None
+
 
 
 def reference_kind(ref: str) -> str:
@@ -66,8 +82,44 @@ def resolve_checkpoint_path(ref: str) -> Path:
     kind = reference_kind(ref)
     if kind == "hf":
         raise ValueError(f"{ref!r} looks like a Hugging Face id; a training checkpoint must be a path or a wandb artifact")
-    p = Path(ref) if kind == "local" else download_wandb_artifact(ref)
-    return Path(load_checkpoint(p)["minisora"]["path"])  # validates it: a MiniSora checkpoint, a readable version
+    return find_checkpoint(Path(ref) if kind == "local" else download_wandb_artifact(ref))
+
+
+def newest_vae(runs: str | os.PathLike = "runs", quantize: bool | None = None) -> str | None:
+    """The newest runs/train_vqvae/*/checkpoints/last.ckpt (quantize True/False: only VQ / only continuous ones)."""
+    found = sorted(Path(runs).glob("train_vqvae/*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for p in found:
+        try:
+            config = load_checkpoint(p, mmap=True)["minisora"]["config"]
+        except (ValueError, OSError, KeyError):
+            continue
+        if quantize is None or bool(config.get("quantize")) == quantize:
+            return str(p)
+    return None
+
+
+def choose_vae(ref: str | None, script: str, stage_meta: dict | None = None, quantize: bool | None = None,
+               fallback: str | None = None) -> str:
+    """What --vae means when it is not given, the same in every stage: the VAE named in the input stage file's
+    sidecar; else `fallback` (train_dit.py: stabilityai/sd-vae-ft-mse, as upstream); else the newest MiniSora
+    VAE under runs/train_vqvae/ that the stage accepts (quantize=True: a VQ-VAE; False: a continuous one
+    preferred); else a ValueError saying what to pass. Says which one it picked."""
+    if ref:
+        return ref
+    named = (stage_meta or {}).get("vae", {}).get("reference")
+    if named:
+        print(f"[{script}] --vae {named} (named in the input file's sidecar)")
+        return named
+    if fallback:
+        return fallback
+    found = newest_vae(quantize=quantize) or (newest_vae() if quantize is False else None)
+    if found:
+        print(f"[{script}] --vae not given: using the newest {'VQ-' if quantize else ''}VAE checkpoint, {found}")
+        return found
+    kind = "quantizing (VQ) " if quantize else ""
+    raise ValueError(f"no --vae given and no {kind}VAE checkpoint under runs/train_vqvae/: train one "
+                     f"(python train_vqvae.py --network_variant {'s4t4_m_vq' if quantize else 'vae_s4t4_m'} ...) or "
+                     f"pass --vae <checkpoint | wandb artifact | Hugging Face id>")
 
 
 # -------------------------------------------------------------------------------------------- VAEs
@@ -157,8 +209,6 @@ def _load_diffusers(src: str, ref: str) -> VAEHandle:
 
 def load_vae(ref: str, device: str | torch.device = "cpu") -> VAEHandle:
     """Load a VAE from a project checkpoint path, a wandb artifact name or a Hugging Face id."""
-    from models.vqvae import VAEConfig, VideoVAE
-
     kind = reference_kind(ref)
     if kind == "hf":
         if os.environ.get("HF_HUB_OFFLINE") != "1":
@@ -176,10 +226,23 @@ def load_vae(ref: str, device: str | torch.device = "cpu") -> VAEHandle:
     meta = ckpt["minisora"]
     if meta.get("kind") != "vae":
         raise ValueError(f"{ref} is a {meta.get('kind')!r} checkpoint, not a VAE")
-    cfg = VAEConfig.from_dict(meta["config"])
-    model = VideoVAE(cfg)
+    model = build_model("vae", meta["config"])
     model.load_state_dict(module_state_dict(ckpt))
     model.eval()
+    cfg = model.config
     return VAEHandle(model, "project", ref, model_id(ref), cfg.embedding_dim, cfg.temporal_stride,
                      cfg.spatial_stride, 1.0, cfg.quantize, cfg.n_codes if cfg.quantize else None,
                      config=cfg.to_dict()).to(device)
+
+
+def load_stage_and_vae(path: str, kind: str, vae: str | None, script: str, device="cpu"):
+    """(array, sidecar, VAEHandle) of a latents/tokens stage file and the VAE that made it (--vae, else the one
+    its sidecar names), checked to match; tokens need a quantizing VAE."""
+    from minisora.stagefile import check_vae_matches, load_stage
+
+    arr, meta = load_stage(path, expect_kind=kind)
+    handle = load_vae(choose_vae(vae, script, meta, quantize=True if kind == "tokens" else None), device)
+    check_vae_matches(meta, handle, path)
+    if kind == "tokens" and not handle.quantize:
+        raise ValueError(f"{handle.reference} does not quantize: {path} needs the VQ-VAE that made it (its codebook)")
+    return arr, meta, handle

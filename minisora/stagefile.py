@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from minisora.files import atomic_write
+
 FORMAT_VERSION = 1
 
 
@@ -26,9 +28,7 @@ def sidecar_path(path: str | os.PathLike) -> Path:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj, indent=1))
 
 
 def token_dtype(n_codes: int) -> np.dtype:
@@ -95,6 +95,18 @@ def channel_stats(arr: np.ndarray, chunk: int = 64) -> tuple[list[float], list[f
     mean = s / max(n, 1)
     std = np.sqrt(np.maximum(ss / max(n, 1) - mean**2, 0))
     return mean.tolist(), std.tolist()
+
+
+def latent_stats(meta: dict, array, codebook: np.ndarray | None = None, rows: int = 256) -> tuple[list[float], list[float]]:
+    """Per-channel mean/std of a stage file's latents: from its sidecar, else estimated from the first rows
+    (tokens: of their code vectors, `codebook` (K, C)). Stds are floored at 1e-6."""
+    if "channel_mean" in meta and "channel_std" in meta:
+        return meta["channel_mean"], [max(s, 1e-6) for s in meta["channel_std"]]
+    x = np.asarray(array[:rows])
+    if codebook is not None:
+        x = np.moveaxis(codebook[x.astype(np.int64)], -1, 1)
+    mean, std = channel_stats(x)
+    return mean, [max(s, 1e-6) for s in std]
 
 
 def load_stage(path: str | os.PathLike, expect_kind: str | None = None) -> tuple[np.ndarray, dict]:

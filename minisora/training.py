@@ -1,58 +1,49 @@
-"""What every training script shares: common flags, the run folder, loggers and the Lightning Trainer.
+"""The training driver every trainer uses (train_vqvae.py, train_dit.py, iddpm.py, train_latent_*.py):
 
-Run folder: runs/<script>/<run name>/ with config.json (all args), metrics.csv (Lightning CSVLogger),
-samples/ (mp4 + gif) and checkpoints/ (last.ckpt + periodic). wandb (--track) gets the same metrics and
-videos under one run; it is never required (WANDB_MODE=offline works).
+    out = start_run(args, "iddpm")              # seed, run folder, config.json (a resumed run keeps its folder)
+    module = LitDiffusion(...)                   # the script builds its LightningModule and data
+    fit(args, module, train_data, val_data, out=out, script="iddpm", checkpoints=dict(...))
+
+Run folder: runs/<script>/<run name>/ with config.json (all args), metrics.csv (every logged row; a resumed
+run keeps the rows up to its checkpoint), samples/ (mp4 + gif) and checkpoints/ (last.ckpt, written also at
+the step training stops, + periodic ones). wandb (--track) gets the same metrics and videos under one run; it
+is never required (WANDB_MODE=offline works). Flags: minisora/cli.py.
 """
 from __future__ import annotations
 
-import argparse
+import csv
 import json
+import logging
 import os
 import random
 import time
+import warnings
+import weakref
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from minisora.checkpoint import AtomicCheckpointIO
-from minisora.video_io import to_uint8_frames, write_gif, write_video
+from minisora.checkpoint import AtomicCheckpointIO, checkpoint_step
+from minisora.files import atomic_write
+
+# Known console noise, each silenced by its text (never all warnings): the EMA copy of a diffusion model is
+# in eval mode on purpose; Lightning's product tips; diffusers' pytree deprecation.
+NOISE = [r"Found \d+ module\(s\) in eval mode", r".*_register_pytree_node is deprecated",
+         r"`isinstance\(treespec, LeafSpec\)` is deprecated", r"The `local_dir_use_symlinks` argument is deprecated",
+         r"The '(train|val)_dataloader' does not have many workers", r"Checkpoint directory .* exists and is not empty"]
 
 
-def resume_checkpoint(ref: str | None) -> str | None:
-    """--resume_from (a local checkpoint or folder, or a wandb artifact) as a local path; exits with a clear
-    message when it cannot be used."""
-    if not ref:
-        return None
-    from minisora.resolve import resolve_checkpoint_path
-    try:
-        return str(resolve_checkpoint_path(ref))
-    except (ValueError, FileNotFoundError, ConnectionError) as e:
-        raise SystemExit(f"error: --resume_from {ref}: {e}") from None
+def quiet_console() -> None:
+    for pattern in NOISE:
+        warnings.filterwarnings("ignore", message=pattern)
 
+    class _NoTips(logging.Filter):
+        def filter(self, record):
+            return not str(record.getMessage()).startswith("💡 Tip")
 
-def add_common_args(p: argparse.ArgumentParser, project: str) -> None:
-    g = p.add_argument_group("run / hardware (shared by every training script)")
-    g.add_argument("--dataset", default="flying_mnist", help="reads data/<dataset>/{train,val} (or a folder path)")
-    g.add_argument("--data_dir", default="data")
-    g.add_argument("--on_bad_video", default="skip", choices=["skip", "raise"],
-                   help="a corrupt, empty or too-short video: warn (naming it) and use the next one, or stop")
-    g.add_argument("--output_dir", default="runs", help="runs/<script>/<run_name>/ holds config, metrics, samples, checkpoints")
-    g.add_argument("--run_name", default=None, help="default: a timestamp")
-    g.add_argument("--devices", "--gpus", dest="devices", default="auto",
-                   help="'auto', a count, or a list like 0,1 (--gpus is upstream's alias); >1 uses DDP")
-    g.add_argument("--accelerator", default="auto", help="auto | cpu | gpu")
-    g.add_argument("--num_nodes", type=int, default=1)
-    g.add_argument("--precision", default=None,
-                   help="Lightning precision (32-true | bf16-mixed | 16-mixed); default bf16-mixed where the GPU or CPU "
-                        "has native bf16, else 32-true")
-    g.add_argument("--num_workers", type=int, default=2, help="DataLoader workers per process")
-    g.add_argument("--seed", type=int, default=1234)
-    g.add_argument("--resume_from", default=None, help="checkpoint to resume: local path or wandb artifact name")
-    g.add_argument("--track", "--wandb_log", dest="track", action="store_true", help="log to wandb (--wandb_log is an alias)")
-    g.add_argument("--project", default=project, help=f"wandb project (default {project})")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_NoTips())
 
 
 def cpu_has_native_bf16() -> bool:
@@ -125,20 +116,94 @@ def parse_devices(devices: str):
     return int(devices)
 
 
-def run_dir(args, script: str) -> Path:
-    name = args.run_name or time.strftime("%Y%m%d-%H%M%S")
-    d = Path(args.output_dir) / script / name
+def _is_rank_zero() -> bool:
+    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+
+
+def start_run(a, script: str) -> Path:
+    """Seed everything, pick and make the run folder, write config.json; returns the folder.
+
+    --resume_from is resolved to a local checkpoint (a clear exit when it cannot be used) and, without
+    --run_name, the run continues in the checkpoint's own folder (its metrics.csv keeps its history). A new
+    run never reuses a folder that holds another run's checkpoints: that is refused with what to do instead."""
+    import lightning as L
+
+    quiet_console()
+    L.seed_everything(a.seed, workers=True, verbose=False)
+    torch.set_float32_matmul_precision("high")
+    if a.resume_from:
+        from minisora.resolve import resolve_checkpoint_path
+        try:
+            a.resume_from = str(resolve_checkpoint_path(a.resume_from))
+        except (ValueError, FileNotFoundError, ConnectionError) as e:
+            raise SystemExit(f"error: --resume_from {a.resume_from}: {e}") from None
+        ck = Path(a.resume_from)
+        if a.run_name is None and ck.parent.name == "checkpoints" and ck.parent.parent.parent.name == script:
+            a.run_name, a.output_dir = ck.parent.parent.name, str(ck.parent.parent.parent.parent)
+    name = a.run_name or time.strftime("%Y%m%d-%H%M%S")
+    d = Path(a.output_dir) / script / name
+    if not a.resume_from and any((d / "checkpoints").glob("*.ckpt")):
+        raise SystemExit(f"error: {d} holds another run's checkpoints. Continue it with --resume_from "
+                         f"{d / 'checkpoints' / 'last.ckpt'}, or pick another --run_name")
     (d / "samples").mkdir(parents=True, exist_ok=True)
     (d / "checkpoints").mkdir(parents=True, exist_ok=True)
-    if int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0:
-        (d / "config.json").write_text(json.dumps(vars(args), indent=2, default=str))
+    if _is_rank_zero():
+        atomic_write(d / "config.json", json.dumps(vars(a), indent=2, default=str))
     return d
 
 
-def make_loggers(args, out: Path):
-    from lightning.pytorch.loggers import CSVLogger
+def _metrics_logger(path: Path, keep_until: int | None):
+    from lightning.pytorch.loggers import Logger
+    from lightning.pytorch.utilities import rank_zero_only
 
-    loggers = [CSVLogger(str(out), name="", version="")]
+    class MetricsCSV(Logger):
+        """metrics.csv: one row per logged step, the columns the union of all keys, rewritten atomically every
+        few seconds and at the end. keep_until (a resumed run's checkpoint step): the rows of the optimizer steps
+        before it are kept (a row's step is the global step its batch started at), later ones are replaced by
+        what the resumed run logs; None: a new file."""
+
+        def __init__(self):
+            super().__init__()
+            self.rows, self._written = [], 0.0
+            if keep_until is not None and path.exists():
+                with open(path, newline="") as f:
+                    self.rows = [r for r in csv.DictReader(f) if r.get("step") and int(r["step"]) < keep_until]
+
+        name = property(lambda self: "csv")
+        version = property(lambda self: "")
+        save_dir = property(lambda self: str(path.parent))
+        log_dir = property(lambda self: str(path.parent))
+
+        @rank_zero_only
+        def log_hyperparams(self, params, *args, **kwargs):  # config.json holds them
+            pass
+
+        @rank_zero_only
+        def log_metrics(self, metrics, step=None):
+            self.rows.append({"step": step, **{k: float(v) for k, v in metrics.items()}})
+
+        @rank_zero_only
+        def save(self):
+            if time.time() - self._written > 5:
+                self._write()
+
+        @rank_zero_only
+        def finalize(self, status):
+            self._write()
+
+        def _write(self):
+            cols = list(dict.fromkeys(k for r in self.rows for k in r))
+            lines = [",".join(cols)] + [",".join("" if r.get(k) in (None, "") else str(r[k]) for k in cols)
+                                        for r in self.rows]
+            atomic_write(path, "\n".join(lines) + "\n")
+            self._written = time.time()
+
+    return MetricsCSV()
+
+
+def make_loggers(args, out: Path):
+    resume_step = checkpoint_step(args.resume_from) if getattr(args, "resume_from", None) else None
+    loggers = [_metrics_logger(out / "metrics.csv", resume_step)]
     if args.track:
         from lightning.pytorch.loggers import WandbLogger
 
@@ -150,26 +215,38 @@ def make_loggers(args, out: Path):
 def checkpoint_callback(**kw):
     """Lightning's ModelCheckpoint (kw as for it, save_last=True) that also writes last.ckpt at the step where
     training stops (--max_steps, --max_time, --epochs or should_stop), from inside the loop, so the file
-    resumes like any other Lightning checkpoint (one saved after fit() returns restarts its epoch accounting
-    wrongly)."""
+    resumes like any other Lightning checkpoint: ModelCheckpoint alone writes it after the loop has ended (its
+    on_train_end), which restarts the epoch accounting wrongly on resume. Public API only (trainer.
+    save_checkpoint, Logger.after_save_checkpoint); tests/test_training.py pins the behaviour."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    class FinalCheckpoint(ModelCheckpoint):
-        def _save_final(self, trainer):
-            if not self._should_skip_saving_checkpoint(trainer):
-                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+    class StopCheckpoint(ModelCheckpoint):
+        stop_saved = False
+
+        def _save_at_stop(self, trainer):
+            if self.stop_saved or trainer.sanity_checking:
+                return
+            path = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
+            trainer.save_checkpoint(path)
+            self.last_model_path, self.stop_saved = path, True
+            for lg in trainer.loggers:  # wandb (log_model="all") uploads it like any other checkpoint
+                lg.after_save_checkpoint(weakref.proxy(self))
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
             if trainer.should_stop or (trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps):
-                self._save_final(trainer)
+                self._save_at_stop(trainer)
 
         def on_train_epoch_end(self, trainer, pl_module):
             super().on_train_epoch_end(trainer, pl_module)
             if trainer.max_epochs not in (None, -1) and trainer.current_epoch + 1 >= trainer.max_epochs:
-                self._save_final(trainer)
+                self._save_at_stop(trainer)
 
-    return FinalCheckpoint(save_last=True, **kw)
+        def on_train_end(self, trainer, pl_module):
+            if not self.stop_saved:
+                super().on_train_end(trainer, pl_module)
+
+    return StopCheckpoint(save_last=True, **kw)
 
 
 def _rng_callback():
@@ -204,31 +281,82 @@ def _rng_callback():
     return RNGState()
 
 
+def _periodic_samples(every: int):
+    from lightning.pytorch.callbacks import Callback
+
+    class PeriodicSamples(Callback):
+        """Calls the module's sample_and_save(tag) every `every` optimizer steps (not batches: gradient
+        accumulation runs several batches per step), on rank 0, and once more when training ends."""
+
+        def on_train_start(self, trainer, pl_module):
+            self.seen = trainer.global_step
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == self.seen:  # no optimizer step in this batch
+                return
+            self.seen = trainer.global_step
+            if every and trainer.global_step % every == 0 and trainer.is_global_zero:
+                pl_module.sample_and_save(f"step{trainer.global_step:07d}")
+
+        def on_train_end(self, trainer, pl_module):
+            if trainer.is_global_zero:
+                pl_module.sample_and_save(f"final_step{trainer.global_step:07d}")
+
+    return PeriodicSamples()
+
+
 def make_trainer(args, out: Path, callbacks=(), clip_grad: float = 0.0, clip_start: int = 0, **kw):
-    """A Lightning Trainer with this project's defaults: DDP when devices > 1, bf16 on GPU, atomic checkpoints,
-    random-generator states saved in checkpoints (exact resume at epoch boundaries), grad-norm logging and
-    clipping to clip_grad (0: off) from optimizer step clip_start on."""
+    """A Lightning Trainer with this project's defaults: DDP when devices > 1, bf16 where it is native, atomic
+    checkpoints, random-generator states saved in checkpoints (exact resume at epoch boundaries), grad-norm
+    logging and clipping to clip_grad (0: off) from optimizer step clip_start on, metrics.csv (+ wandb)."""
     import lightning as L
 
     devices = parse_devices(str(args.devices))
     multi = (isinstance(devices, int) and devices > 1) or (isinstance(devices, list) and len(devices) > 1) or args.num_nodes > 1
+    kw.setdefault("enable_model_summary", False)  # each script prints its own one-line summary
     return L.Trainer(
         accelerator=args.accelerator, devices=devices, num_nodes=args.num_nodes,
         strategy="ddp" if multi else "auto", precision=args.precision or default_precision(),
-        logger=make_loggers(args, out), callbacks=[*callbacks, _grad_clip_callback(clip_grad, clip_start), _rng_callback()], plugins=[AtomicCheckpointIO()],
-        default_root_dir=str(out), **kw)
+        logger=make_loggers(args, out), callbacks=[*callbacks, _grad_clip_callback(clip_grad, clip_start), _rng_callback()],
+        plugins=[AtomicCheckpointIO()], default_root_dir=str(out), **kw)
 
 
-def save_video_grid(videos: list[torch.Tensor], path: Path, fps: float = 4, gif: bool = True) -> Path:
-    """Save (C, T, H, W) videos in [-1, 1] side by side (along width) as mp4 (+ gif). Returns the mp4 path."""
-    frames = np.concatenate([to_uint8_frames(v) for v in videos], axis=2)
-    h, w = frames.shape[1:3]
-    if h % 2 or w % 2:  # yuv420p needs even sizes
-        frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
-    write_video(path, frames, fps=fps)
-    if gif:
-        write_gif(path.with_suffix(".gif"), frames, fps=fps)
-    return path
+def fit(a, module, train, val=None, *, out: Path, script: str, checkpoints: dict, collate_fn=None, watch: bool = False,
+        **trainer_kw):
+    """Train `module` on the dataset `train` (validating on `val` if given) with the flags of minisora/cli.py
+    (a.epochs, a.max_steps, a.max_time, a.batch_size, a.accumulate_grad_batches, a.clip_grad, a.start_clip_iter,
+    a.log_every, a.resume_from, a.compile, hardware). checkpoints: ModelCheckpoint arguments of the kept
+    checkpoints (last.ckpt always); watch: wandb.watch the model's gradients (with --track); trainer_kw: extra
+    Trainer arguments. Returns the Trainer."""
+    from torch.utils.data import DataLoader
+
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    callbacks = [checkpoint_callback(dirpath=str(out / "checkpoints"), auto_insert_metric_name=False, **checkpoints),
+                 LearningRateMonitor("step")]
+    if hasattr(module, "sample_and_save"):  # generators: samples every a.sample_every steps and at the end
+        callbacks.append(_periodic_samples(a.sample_every))
+    trainer_kw.setdefault("limit_val_batches", 1.0 if val is not None else 0)
+    trainer = make_trainer(a, out, callbacks=callbacks, max_epochs=a.epochs, max_steps=a.max_steps, max_time=a.max_time,
+                           accumulate_grad_batches=a.accumulate_grad_batches, log_every_n_steps=a.log_every,
+                           clip_grad=a.clip_grad, clip_start=a.start_clip_iter, num_sanity_val_steps=0, **trainer_kw)
+    if watch and a.track:
+        trainer.loggers[-1].watch(module.model, log="gradients")
+    if a.compile:
+        module.model.compile()  # in place: checkpoint keys stay model.* (torch.compile would add _orig_mod.)
+    kw = dict(batch_size=a.batch_size, num_workers=a.num_workers, pin_memory=torch.cuda.is_available(),
+              persistent_workers=a.num_workers > 0, collate_fn=collate_fn)
+    train_loader = DataLoader(train, shuffle=True, drop_last=len(train) >= a.batch_size, **kw)
+    trainer.fit(module, train_loader, DataLoader(val, **kw) if val is not None else None, ckpt_path=a.resume_from,
+                weights_only=True)  # MiniSora checkpoints hold tensors and plain values only
+    if trainer.is_global_zero:
+        m = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        print(f"[{script}] done at step {trainer.global_step}{f'. val: {m}' if m else ''}\n"
+              f"[{script}] checkpoint: {out / 'checkpoints' / 'last.ckpt'}\n"
+              f"[{script}] samples: {out / 'samples'}  metrics: {out / 'metrics.csv'}")
+        if hasattr(module, "sample_and_save"):
+            print(f"[{script}] sample more: python sample.py --checkpoint {out / 'checkpoints' / 'last.ckpt'} --num_videos 8")
+    return trainer
 
 
 def log_video(trainer, key: str, path: Path, step: int, fps: float = 4) -> None:

@@ -7,7 +7,6 @@ has libx264, else MPEG-4 Part 2). GIFs are written with imageio/Pillow.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -15,11 +14,22 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from minisora.files import atomic_path
+
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov")
 
 
 class VideoReadError(RuntimeError):
     """A video file is missing, corrupt, empty or too short. The message names the file."""
+
+
+class BadVideosError(VideoReadError, ValueError):
+    """The up-front probe (`probe_videos`) found videos that cannot be used; `bad` lists (path, reason).
+    Also a ValueError, so scripts that turn bad inputs into a one-line `error:` exit catch it."""
+
+    def __init__(self, message: str, bad: list[tuple[Path, str]]):
+        super().__init__(message)
+        self.bad = bad
 
 
 def _have_decord() -> bool:
@@ -57,15 +67,88 @@ def video_info(path: str | os.PathLike) -> VideoInfo:
     try:
         with av.open(path) as c:
             s = c.streams.video[0]
-            n = s.frames
-            if not n:  # some containers (webm) carry no frame count: decode to count
-                n = sum(1 for _ in c.decode(s))
+            n = s.frames or _count_frames(c, s)
             fps = float(s.average_rate) if s.average_rate else 0.0
             return VideoInfo(int(n), s.codec_context.height, s.codec_context.width, fps)
     except VideoReadError:
         raise
     except Exception as e:  # av.error.InvalidDataError, IndexError (no video stream), ...
         raise VideoReadError(f"cannot read video {path}: {e}") from e
+
+
+def _count_frames(container, stream, limit: int | None = None) -> int:
+    """Decode to count frames (some containers, e.g. webm, carry no count), stopping at `limit`."""
+    n = 0
+    for _ in container.decode(stream):
+        n += 1
+        if limit is not None and n >= limit:
+            break
+    return n
+
+
+def probe_video(path: str | os.PathLike, min_frames: int = 1) -> str | None:
+    """Why `path` cannot give `min_frames` frames, in a few words ("0 bytes", "not a video", "truncated: no moov
+    atom", "3 frames < 16 needed", ...), or None when it looks usable. Header-level and fast (~0.5 ms a file): the
+    size, an MP4's top-level boxes, whether PyAV opens it, and the frame count in the stream metadata (frames are
+    decoded, up to min_frames, only when the container has no count). A file that passes can still fail to decode
+    later (corrupt frame data): readers keep a runtime fallback for that."""
+    import av
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        return "not found"
+    if os.path.getsize(path) == 0:
+        return "0 bytes"
+    cut = _mp4_truncation(path)
+    if cut:
+        return cut
+    try:
+        c = av.open(path)
+    except av.error.InvalidDataError:
+        return "not a video"
+    except Exception as e:  # e.g. permission denied
+        return f"cannot open: {getattr(e, 'strerror', None) or e}"
+    with c:
+        if not c.streams.video:
+            return "no video stream"
+        s = c.streams.video[0]
+        try:
+            n = s.frames or _count_frames(c, s, min_frames)
+        except Exception as e:
+            return f"cannot decode: {type(e).__name__}: {e}"
+    return f"{n} frames < {min_frames} needed" if n < min_frames else None
+
+
+def probe_videos(files: Iterable[str | os.PathLike], min_frames: int = 1) -> list[tuple[Path, str]]:
+    """(path, reason) for each of `files` that `probe_video` rejects, in order: every bad file at once."""
+    return [(Path(f), r) for f in files if (r := probe_video(f, min_frames))]
+
+
+def _mp4_truncation(path: str) -> str | None:
+    """For an MP4/MOV file ('ftyp' box first), walk the top-level boxes: "truncated: no moov atom" when the index
+    is missing (a copy cut short: writers put moov last), "truncated: mdat box cut short" when the media data or
+    index runs past the end of the file. None for other formats (FFmpeg judges those)."""
+    size = os.path.getsize(path)
+    pos, moov, cut = 0, False, None
+    with open(path, "rb") as f:
+        if f.read(8)[4:8] != b"ftyp":
+            return None
+        while pos + 8 <= size:
+            f.seek(pos)
+            head = f.read(16)
+            n, kind = int.from_bytes(head[:4], "big"), head[4:8]
+            if n == 1:  # 64-bit size follows the type
+                n = int.from_bytes(head[8:16], "big")
+            elif n == 0:  # the box runs to the end of the file
+                n = size - pos
+            moov |= kind == b"moov"
+            if n < 8 or pos + n > size:
+                cut = kind.decode("latin-1") if kind in (b"moov", b"mdat") else None
+                break
+            pos += n
+    if not moov:
+        return "truncated: no moov atom"
+    return f"truncated: {cut} box cut short" if cut else None
 
 
 def _check_file(path) -> str:
@@ -157,16 +240,6 @@ def best_codec() -> str:
     return "libx264" if _codec_available("libx264") else "mpeg4"
 
 
-def _atomic_target(path) -> tuple[str, str]:
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_", suffix=Path(path).suffix)
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
-    return path, tmp
-
-
 def write_video(
     path: str | os.PathLike,
     frames: np.ndarray | Sequence[np.ndarray],
@@ -210,9 +283,8 @@ def _encode(path, av_frames, w, h, fps, codec, crf, preset, threads, x264_params
     import av
 
     codec = codec or best_codec()
-    path, tmp = _atomic_target(path)
-    try:
-        with av.open(tmp, mode="w", format="mp4") as c:
+    with atomic_path(path) as tmp:
+        with av.open(str(tmp), mode="w", format="mp4") as c:
             s = c.add_stream(codec, rate=Fraction(fps).limit_denominator(1000))
             s.width, s.height, s.pix_fmt = w, h, "yuv420p"
             s.thread_count = threads
@@ -225,11 +297,7 @@ def _encode(path, av_frames, w, h, fps, codec, crf, preset, threads, x264_params
                     c.mux(pkt)
             for pkt in s.encode():
                 c.mux(pkt)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return os.fspath(path)
 
 
 def write_gif(path: str | os.PathLike, frames: np.ndarray, fps: float = 10) -> str:
@@ -237,14 +305,9 @@ def write_gif(path: str | os.PathLike, frames: np.ndarray, fps: float = 10) -> s
     import imageio.v3 as iio
 
     frames = np.asarray(frames)
-    path, tmp = _atomic_target(path)
-    try:
+    with atomic_path(path) as tmp:
         iio.imwrite(tmp, frames, extension=".gif", duration=1000.0 / fps, loop=0)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return os.fspath(path)
 
 
 def list_videos(directory: str | os.PathLike) -> list[Path]:
@@ -263,3 +326,17 @@ def to_uint8_frames(video: "torch.Tensor") -> np.ndarray:  # noqa: F821
 
     v = video.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
     return v.permute(1, 2, 3, 0).cpu().numpy()
+
+
+def save_video_grid(videos: Sequence, path: str | os.PathLike, fps: float = 4, gif: bool = True) -> Path:
+    """Save (C, T, H, W) float videos in [-1, 1] side by side (along width) as an mp4 (+ a gif next to it).
+    Returns the mp4 path."""
+    path = Path(path)
+    frames = np.concatenate([to_uint8_frames(v) for v in videos], axis=2)
+    h, w = frames.shape[1:3]
+    if h % 2 or w % 2:  # yuv420p needs even sizes
+        frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
+    write_video(path, frames, fps=fps)
+    if gif:
+        write_gif(path.with_suffix(".gif"), frames, fps=fps)
+    return path

@@ -95,10 +95,11 @@ class ResBlock3d(nn.Module):
 
 class Downsample3d(nn.Module):
     """Space-to-depth by `stride` (t, h, w) (entries 1 or 2), then a 1x1x1 conv: patch merging.
-    Exact (no padding), causal by construction, and ~27x cheaper than a strided 3x3x3 conv;
-    the surrounding 3x3x3 convs provide the spatial mixing."""
+    Exact (no padding) and ~27x cheaper than a strided 3x3x3 conv; the surrounding 3x3x3 convs provide the
+    spatial mixing. Causal by construction (no flag needed): output frame k is made from input frames
+    [k * stride_t, (k + 1) * stride_t) only."""
 
-    def __init__(self, cin: int, cout: int | None = None, stride=(2, 2, 2), causal: bool = False):
+    def __init__(self, cin: int, cout: int | None = None, stride=(2, 2, 2)):
         super().__init__()
         self.stride = _triple(stride)
         self.conv = nn.Conv3d(cin * math.prod(self.stride), cout or cin, 1)
@@ -110,9 +111,10 @@ class Downsample3d(nn.Module):
 
 class Upsample3d(nn.Module):
     """1x1x1 conv to cout * prod(stride) channels, then depth-to-space by `stride` (sub-pixel upsampling):
-    the mirror of Downsample3d, no checkerboard (every output voxel has its own weights)."""
+    the mirror of Downsample3d, no checkerboard (every output voxel has its own weights). Causal by
+    construction: output frames [k * stride_t, (k + 1) * stride_t) are made from input frame k only."""
 
-    def __init__(self, cin: int, cout: int | None = None, stride=(2, 2, 2), causal: bool = False):
+    def __init__(self, cin: int, cout: int | None = None, stride=(2, 2, 2)):
         super().__init__()
         self.stride = _triple(stride)
         self.conv = nn.Conv3d(cin, (cout or cin) * math.prod(self.stride), 1)

@@ -315,7 +315,7 @@ class Encoder(nn.Module):
                 blocks.append(ResBlock3d(prev, width, cfg.dropout, causal=c, group_channels=cfg.group_channels))
                 prev = width
             if i + 1 < len(strides):
-                blocks.append(Downsample3d(prev, prev, strides[i + 1], causal=c))
+                blocks.append(Downsample3d(prev, prev, strides[i + 1]))  # causal by construction
         self.blocks = nn.Sequential(*blocks)
         self.norm_out = Normalize(prev, per_frame=c, group_channels=cfg.group_channels)
         out = cfg.embedding_dim * (2 if cfg.kl else 1)
@@ -343,7 +343,7 @@ class Decoder(nn.Module):
                 blocks.append(ResBlock3d(prev, ch[i], cfg.dropout, causal=c, group_channels=cfg.group_channels))
                 prev = ch[i]
             if 0 < i < len(strides):
-                blocks.append(Upsample3d(prev, ch[i - 1], strides[i], causal=c))
+                blocks.append(Upsample3d(prev, ch[i - 1], strides[i]))  # causal by construction
                 prev = ch[i - 1]
         self.blocks = nn.Sequential(*blocks)
         self.norm_out = Normalize(prev, per_frame=c, group_channels=cfg.group_channels)

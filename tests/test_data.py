@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from conftest import ROOT, run
 from minisora.data import VideoDataset, collate_videos, frames_to_tensor, to_model_range
-from minisora.video_io import VideoReadError, available_backends, read_video, to_uint8_frames, write_gif, write_video
+from minisora.video_io import BadVideosError, VideoReadError, available_backends, read_video, to_uint8_frames, write_gif, write_video
 
 
 def test_dataset_shapes_range_and_order(tiny_data):
@@ -86,20 +86,26 @@ def _bad_dataset(tmp_path, tiny_data):
     return tmp_path
 
 
-def test_bad_videos_skipped_with_warning_or_raised(tmp_path, tiny_data):
+def test_bad_videos_named_up_front_then_skipped_or_raised(tmp_path, tiny_data):
     root = _bad_dataset(tmp_path, tiny_data)
-    ds = VideoDataset("bad", sequence_length=8, data_dir=root)
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        items = [ds[i]["index"] for i in range(len(ds))]
-    assert items == [0, 2, 2, 0, 0]  # each bad video replaced by the next good one
-    assert len(ds.skipped) == 3 and {"00001.mp4", "00003.mp4", "00004.mp4"} == {os.path.basename(s) for s in ds.skipped}
-    msgs = " ".join(str(x.message) for x in w)
-    assert "00001.mp4" in msgs and "empty" in msgs and "too short" in msgs
-    strict = VideoDataset("bad", sequence_length=8, data_dir=root, on_error="raise")
-    for i, what in [(1, "empty"), (3, "00003.mp4"), (4, "too short")]:
-        with pytest.raises(VideoReadError, match=what):
-            strict[i]
+        ds = VideoDataset("bad", sequence_length=8, data_dir=root)
+    assert [p.name for p in ds.files] == ["00000.mp4", "00002.mp4"] and [ds[i]["index"] for i in range(len(ds))] == [0, 1]
+    assert {"00001.mp4", "00003.mp4", "00004.mp4"} == {os.path.basename(s) for s in ds.skipped}
+    msgs = [str(x.message) for x in w]
+    assert len(msgs) == 3 and all(m.startswith("skipping bad video") for m in msgs)
+    assert "00001.mp4: 0 bytes" in msgs[0] and "00004.mp4: 3 frames < 8 needed" in msgs[2]
+    with pytest.raises(BadVideosError, match="3 of 5 videos") as e:
+        VideoDataset("bad", sequence_length=8, data_dir=root, on_error="raise")
+    assert [p.name for p, _ in e.value.bad] == ["00001.mp4", "00003.mp4", "00004.mp4"]
+    # a file that passes the probe but fails when read (here: emptied afterwards) is skipped or raised at read time
+    strict = VideoDataset("bad", sequence_length=8, data_dir=root, on_error="raise", max_videos=1)
+    (root / "bad/train/00000.mp4").write_bytes(b"")
+    with pytest.warns(UserWarning, match="skipping bad video.*empty"):
+        assert ds[0]["index"] == 1
+    with pytest.raises(VideoReadError, match="empty"):
+        strict[0]
 
 
 def test_training_script_on_bad_videos_and_missing_data(tmp_path, tiny_data):
@@ -109,8 +115,9 @@ def test_training_script_on_bad_videos_and_missing_data(tmp_path, tiny_data):
             "--epochs", 1, "--batch_size", 5, "--num_workers", 0, "--output_dir", tmp_path / "runs", "--run_name", "r"]
     skip = run("train_vqvae.py", args + ["--network_variant", "s4t4_b"], tmp_path)
     assert "skipping bad video" in skip.stderr and (tmp_path / "runs/train_vqvae/r/checkpoints/last.ckpt").exists()
-    strict = run("train_vqvae.py", args + ["--network_variant", "s4t4_b", "--on_bad_video", "raise"], tmp_path, ok=False)
-    assert strict.returncode != 0 and "VideoReadError" in strict.stderr
+    strict = run("train_vqvae.py", args + ["--network_variant", "s4t4_b", "--on_bad_video", "raise", "--run_name", "strict"],
+                 tmp_path, ok=False)
+    assert strict.returncode != 0 and "error: 3 of 5 videos" in strict.stderr and "Traceback" not in strict.stderr
     missing = run("train_vqvae.py", ["--dataset", "nothing_here", "--data_dir", root], tmp_path, ok=False)
     assert missing.returncode != 0 and "generate_flying_mnist.py" in missing.stderr and "Traceback" not in missing.stderr
 

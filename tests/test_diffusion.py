@@ -171,6 +171,27 @@ def test_samplers_match_gaussian_data(sampler, steps, mu, s, schedule):
     assert abs(float(x.std()) / s - 1) < 0.1, float(x.std()) / s
 
 
+@pytest.mark.parametrize("sampler,steps", SAMPLER_STEPS)
+def test_learned_sigma_output_channels(sampler, steps):
+    """A learn_sigma model outputs [epsilon | v] (v in [-1, 1] interpolates the log variance between the posterior
+    variance and beta_t). Fed [exact epsilon | v], DPM-Solver++ and DDIM (which use epsilon only) sample exactly
+    what the plain chain samples from the exact epsilon, and so does DDPM for v = 1 (beta_t: the plain chain's
+    fixed variance); DDPM with v = -1 (the posterior variance) samples another draw of the same distribution."""
+    mu, s = 0.3, 1.0
+    plain, learned = GaussianDiffusion.create("linear", 1000, False), GaussianDiffusion.create("linear", 1000, True)
+    eps = gaussian_eps(plain, mu, s)
+    run = lambda d, net: d.sample(net, (4000, 1, 5), sampler=sampler, steps=steps,  # noqa: E731
+                                  generator=torch.Generator().manual_seed(0))
+    ref = run(plain, eps)
+    v = (lambda x: torch.ones_like(x)) if sampler == "ddpm" else (lambda x: torch.sin(7 * x))  # any v for ODE solvers
+    got = run(learned, lambda x, t: torch.cat([eps(x, t), v(x)], 1))
+    assert got.shape == ref.shape and torch.allclose(got, ref, atol=1e-5), (got - ref).abs().max()
+    if sampler == "ddpm":
+        small = run(learned, lambda x, t: torch.cat([eps(x, t), -torch.ones_like(x)], 1))
+        assert not torch.allclose(small, ref, atol=1e-2)
+        assert abs(float(small.mean()) - mu) < 0.1 * s and abs(float(small.std()) / s - 1) < 0.1
+
+
 def test_short_chain_clamps_solver_steps(capsys):
     """A 10-step chain (iddpm.py --diffusion_steps 10) asked for 25 solver steps samples with 10 (said once)
     instead of crashing inside diffusers."""
@@ -334,7 +355,7 @@ def test_generate_videos_labels_and_cfg(capsys):
     video's prompt, y (n, C) one row per video (sliced per batch); cfg_scale goes down to sample_latents (the
     module's hparams stay as they are); an rf model asked for dpm++ uses euler, said once."""
     from minisora import diffusion as dm
-    from sample import generate_videos
+    from minisora.generate import generate_videos
 
     dm._noted.clear()
     module = _lit("rf")
@@ -366,11 +387,19 @@ def test_generate_videos_labels_and_cfg(capsys):
 
 
 def test_generate_videos_eps_default_sampler():
-    from sample import generate_videos
+    from minisora.generate import generate_videos
 
     module = _lit("eps", num_classes=0)
     vids = generate_videos(module, 2, steps=3)
     assert len(vids) == 2 and all(torch.isfinite(v).all() for v in vids)
+    calls, real = [], module.sample_latents  # the default sampler is DPM-Solver++, on the EMA weights
+
+    def spy(n, sampler, steps, seed=0, y=None, use_ema=True, cfg_scale=None):
+        calls.append((sampler, use_ema))
+        return real(n, sampler, steps, seed=seed, y=y, use_ema=use_ema, cfg_scale=cfg_scale)
+    module.sample_latents = spy
+    assert torch.equal(torch.stack(generate_videos(module, 2, steps=3)), torch.stack(vids))
+    assert calls == [("dpm++", True)]
     with pytest.raises(ValueError, match="rectified-flow"):
         generate_videos(module, 1, sampler="euler", steps=2)
 

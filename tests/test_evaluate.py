@@ -3,7 +3,6 @@
 colour error; prompt accuracy; legibility high on real frames and low on noise; evaluate.py runs (videos,
 I3D, VAE reconstructions, prompted samples) and writes its JSON; FD maths."""
 import json
-import sys
 import types
 
 import numpy as np
@@ -231,14 +230,15 @@ def test_evaluate_prompted_and_vae(tiny_data, tmp_path, monkeypatch, classifier)
     val, labels = tiny_split(tiny_data, "val")
     prompts = []
 
-    def generate_videos(module, n, batch_size=8, seed=0, sampler="dpm++", steps=25, y=None, use_ema=True, cfg_scale=1.0):
+    def generate_videos(module, n, batch_size=8, seed=0, sampler="dpm++", steps=25, y=None, use_ema=True, cfg_scale=1.0,
+                        **token_kw):
         if y is None:  # unconditional: noise
             return [torch.rand(3, 16, 64, 64) * 2 - 1 for _ in range(n)]
         prompts.append((y.cpu().clone(), cfg_scale))
         return list(to_float(val[:len(y)]))  # row i prompts with val video i's digits (checked below)
     module = types.SimpleNamespace(hparams=types.SimpleNamespace(model_config={"num_classes": 10}))
-    monkeypatch.setitem(sys.modules, "sample", types.SimpleNamespace(load_generator=lambda ref, device: module,
-                                                                      generate_videos=generate_videos))
+    monkeypatch.setattr(evaluate, "load_generator", lambda ref, device: module)
+    monkeypatch.setattr(evaluate, "generate_videos", generate_videos)
     identity = types.SimpleNamespace(encode=lambda x: x, decode=lambda z: z)
     monkeypatch.setattr("minisora.resolve.load_vae", lambda ref, device="cpu": identity)
     evaluate.main(["--dataset", "tiny", "--data_dir", str(tiny_data), "--checkpoint", str(tmp_path / "run/ck/last.ckpt"),

@@ -8,7 +8,8 @@ import pytest
 
 from conftest import ROOT, TINY
 from generate_flying_mnist import generate
-from minisora.flying_mnist import FlyingMNIST, FlyingMNISTConfig, load_digits, require_online, DOWNLOAD_URLS
+from minisora.flying_mnist import DOWNLOAD_URLS, FlyingMNIST, FlyingMNISTConfig, load_digits
+from minisora.resolve import require_online
 from minisora.video_io import read_video, video_info
 
 

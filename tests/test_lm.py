@@ -1,4 +1,5 @@
 """GPT / Mamba on VQ codes: KV cache == recompute, causality, overfit, seed commands, checkpoint -> sample, resume."""
+import functools
 import csv
 
 import pytest
@@ -42,7 +43,8 @@ def test_sparse_context_window():
     assert context_positions(20, 8, 2, 3) == [7, 9, 11, 13, 15, 17, 18, 19]
     assert context_positions(20, 8) == list(range(12, 20))                    # stride 1: the dense window
     arr = torch.arange(2 * 2 * 4 * 4).view(2, 2, 4, 4).numpy() % 32             # 2 videos of 32 codes
-    ds = TokenWindows(arr, range(2), block_size=8, bos=32, samples_per_epoch=50, context=(2, 3))
+    ds = TokenWindows(arr, range(2), block_size=8, bos=32, samples_per_epoch=50,
+                      context=functools.partial(context_positions, block_size=8, stride=2, dense=3))
     seqs = [[32] + arr[r].reshape(-1).tolist() for r in range(2)]
     for i in range(50):
         it = ds[i]
@@ -75,12 +77,42 @@ def test_no_future_leakage():
 
 
 def test_sampling_filters():
-    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0, 10.0]])
-    g = torch.Generator().manual_seed(0)
-    assert sample_logits(logits, 0) == 4
-    assert {int(sample_logits(logits, 1.0, top_k=2, generator=g)) for _ in range(50)} <= {3, 4}
-    assert {int(sample_logits(logits, 1.0, allowed=3, generator=g)) for _ in range(50)} <= {0, 1, 2}
-    assert {int(sample_logits(logits, 1.0, top_p=0.5, generator=g)) for _ in range(20)} == {4}
+    """sample_logits over gently sloped logits (every token between 8.6% and 17.3%; the ranks shuffled over the
+    vocabulary): 4000 seeded draws per setting. Unfiltered, every token appears at its softmax frequency; top_k=k
+    gives exactly the k largest, top_p exactly the smallest prefix (by probability) whose mass reaches p, each at
+    its renormalised frequency; temperature sharpens; allowed=n keeps tokens < n; temperature 0 is the argmax."""
+    rank = torch.tensor([3, 7, 0, 5, 1, 6, 2, 4])  # token i is the rank[i]-th smallest
+    logits = 0.1 * rank.float()[None]
+    n, vocab = 4000, logits.shape[1]
+    by_prob = rank.argsort(descending=True).tolist()  # tokens from the most to the least likely: 1, 5, 3, 7, ...
+
+    def draw(**kw):
+        out = sample_logits(logits.expand(n, -1), generator=torch.Generator().manual_seed(0), **kw)
+        assert out.shape == (n, 1)
+        return out.flatten()
+
+    def check(tokens, keep, temperature=1.0):
+        """tokens drawn are exactly `keep`, at the frequencies of softmax(logits / temperature) renormalised."""
+        assert set(tokens.tolist()) == set(keep), sorted(set(tokens.tolist()))
+        want = torch.zeros(vocab)
+        want[keep] = (logits[0, keep] / temperature).softmax(-1)
+        got = torch.bincount(tokens, minlength=vocab).float() / n
+        assert (got - want).abs().max() < 0.025, (got, want)
+
+    check(draw(), list(range(vocab)))
+    for k in (1, 2, 3, 5):
+        check(draw(temperature=1.0, top_k=k), by_prob[:k])
+    cum = logits[0, by_prob].softmax(-1).cumsum(-1).tolist()  # mass of the m most likely tokens: cum[m - 1]
+    for m in range(1, vocab):
+        check(draw(top_p=(cum[m - 1] + cum[m]) / 2), by_prob[:m + 1])   # needs m + 1 tokens to reach p
+        check(draw(top_p=cum[m - 1] - 1e-3), by_prob[:m])              # just below the mass of m: m tokens
+        check(draw(top_p=cum[m - 1] + 1e-3), by_prob[:m + 1])          # just above: one more
+    # top_p applies to the top_k tokens, renormalised: 4 kept, their 2 most likely hold 55% of that mass
+    check(draw(top_k=4, top_p=0.5), by_prob[:2])
+    check(draw(temperature=0.25), list(range(vocab)), temperature=0.25)  # sharper: 2.1% .. 34.4%
+    check(draw(allowed=3), [0, 1, 2])
+    check(draw(allowed=3, top_k=2), [0, 1])  # the 2 most likely of the allowed tokens (not 1 and 5)
+    assert sample_logits(logits, 0).tolist() == [[1]] and sample_logits(logits, 0, allowed=1).tolist() == [[0]]
 
 
 def test_loss_falls_on_tiny_overfit():
@@ -166,3 +198,17 @@ def test_sparse_context_window_script(tiny_stage_files, tmp_path):
     assert (tmp_path / "smp/000.mp4").exists() and "1 videos" in smp.stdout
     bad = run("train_latent_nanogpt.py", args[:-4] + ["--context_stride_start", "64"], tmp_path, ok=False)
     assert bad.returncode != 0 and "context_dense" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_nanogpt_mamba_switch_runs_the_mamba_trainer(tiny_stage_files, tmp_path):
+    """train_latent_nanogpt.py --mamba (upstream's switch) is train_latent_mamba.py: same code, same flags."""
+    out = run("train_latent_nanogpt.py", ["--mamba", "--tokens_input_file", tiny_stage_files["tokens"], *TINY_LM, "--n_layer",
+                                          "1", "--n_embd", "32", "--block_size", "64", "--output_dir", tmp_path,
+                                          "--run_name", "m"], tmp_path)
+    ckpt = torch.load(tmp_path / "train_latent_nanogpt/m/checkpoints/last.ckpt", weights_only=True)
+    assert ckpt["minisora"]["kind"] == "mamba" and ckpt["minisora"]["config"]["d_model"] == 32
+    assert ckpt["minisora"]["config"]["d_state"] == 16  # train_latent_mamba.py's flags and defaults
+    assert "samples:" in out.stdout
+    bad = run("train_latent_nanogpt.py", ["--mamba", "--sparse_context_window", "--tokens_input_file",
+                                          tiny_stage_files["tokens"]], tmp_path, ok=False)
+    assert bad.returncode != 0 and "--sparse_context_window" in bad.stderr and "Traceback" not in bad.stderr

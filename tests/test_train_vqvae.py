@@ -3,11 +3,12 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, run
 from minisora.metrics import psnr, ssim
 from minisora.resolve import load_vae, reference_kind, model_id
 
@@ -74,12 +75,11 @@ def test_resume_continues_from_checkpoint(tiny_data, tmp_path):
 
 
 def test_two_process_ddp_on_cpu(tiny_data, tmp_path):
-    out = run_script(tiny_overrides(tiny_data, tmp_path, "ddp") + ["--network_variant", "s4t4_b_vq", "--accelerator", "cpu",
-                                                                   "--devices", "2"], cwd=tmp_path, timeout=400)
-    log = out.stdout + out.stderr
-    assert "distributed_backend=gloo" in log and "Starting with 2 processes" in log
+    run_script(tiny_overrides(tiny_data, tmp_path, "ddp") + ["--network_variant", "s4t4_b_vq", "--accelerator", "cpu",
+                                                             "--devices", "2", "--limit_train_batches", "1.0"],
+               cwd=tmp_path, timeout=400)
     ckpt = torch.load(tmp_path / "train_vqvae/ddp/checkpoints/last.ckpt", weights_only=True)
-    assert ckpt["global_step"] == 3  # 12 videos sharded over 2 ranks, batch 2 -> 3 steps per epoch
+    assert ckpt["global_step"] == 3  # 12 videos sharded over 2 ranks, batch 2 -> 3 steps per epoch (6 on one process)
 
 
 def test_bad_flags_fail_clearly(tiny_data, tmp_path):
@@ -150,3 +150,34 @@ def test_checkpoint_save_load_identical_outputs(tmp_path):
         ref = model.encode(x)
         assert torch.equal(vae.encode_codes(x), ref["codes"])
         assert torch.equal(vae.decode_codes(ref["codes"]), model.decode_codes(ref["codes"]).clamp(-1, 1))
+
+
+def test_default_vae_is_the_newest_of_an_accepted_kind(tiny_vaes, tiny_stage_files, tiny_data, tmp_path, monkeypatch):
+    """--vae left out: the stage file's sidecar VAE; else the newest runs/train_vqvae/ checkpoint the stage accepts
+    (tokens: a VQ one even when a KL one is newer), said on the console; else an error that says what to pass."""
+    import shutil
+
+    from minisora.resolve import choose_vae
+
+    runs = tmp_path / "runs" / "train_vqvae"
+    for k in ("vq", "kl"):  # the KL VAE is the newer one
+        (runs / k / "checkpoints").mkdir(parents=True)
+        shutil.copy(tiny_vaes[k], runs / k / "checkpoints" / "last.ckpt")
+    os.utime(runs / "vq/checkpoints/last.ckpt", (1e9, 1e9))
+    monkeypatch.chdir(tmp_path)
+    assert choose_vae(None, "t", quantize=True) == str(Path("runs/train_vqvae/vq/checkpoints/last.ckpt"))
+    assert choose_vae(None, "t", quantize=False) == str(Path("runs/train_vqvae/kl/checkpoints/last.ckpt"))
+    assert choose_vae("mine", "t") == "mine"
+    assert choose_vae(None, "t", {"vae": {"reference": "named"}}) == "named"
+    # the encoding stages use it: tokenize_videos.py without --vae picks the VQ-VAE and says so
+    out = run("tokenize_videos.py", ["--dataset", "tiny", "--data_dir", tiny_data, "--resolution", 32, "--sequence_length",
+                                     8, "--num_workers", 0, "--max_videos", 2, "--output", tmp_path / "t.npy"], tmp_path)
+    assert "using the newest VQ-VAE checkpoint, runs/train_vqvae/vq/checkpoints/last.ckpt" in out.stdout
+    # iddpm.py without --vae takes the one its input's sidecar names
+    out = run("iddpm.py", ["--latents_input_file", tiny_stage_files["latents"], "--depth", 1, "--hidden_size", 32,
+                           "--num_heads", 2, "--latent_frames_to_generate", 2, "--max_steps", 1, "--sample_every", 0,
+                           "--num_workers", 0, "--output_dir", tmp_path / "o"], tmp_path)
+    assert f"--vae {tiny_vaes['kl']} (named in the input file's sidecar)" in out.stdout
+    shutil.rmtree(tmp_path / "runs")
+    with pytest.raises(ValueError, match="no --vae given and no quantizing"):
+        choose_vae(None, "t", quantize=True)

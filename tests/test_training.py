@@ -4,6 +4,7 @@ from argparse import Namespace
 from types import SimpleNamespace
 
 import lightning as L
+import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -44,3 +45,58 @@ def test_grad_clip_from_start_step_logs_norm_and_fuses(tmp_path):
 def test_no_fused_optimizer_under_a_grad_scaler():
     assert can_fuse(SimpleNamespace(precision_plugin=SimpleNamespace(scaler=None)))
     assert not can_fuse(SimpleNamespace(precision_plugin=SimpleNamespace(scaler=torch.amp.GradScaler("cpu"))))
+
+
+class Logs(Tiny):
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["minisora"] = {"format_version": 1, "kind": "tiny", "config": {}}
+
+    def training_step(self, batch, i):
+        loss = super().training_step(batch, i)
+        self.log("train/loss", loss)
+        return loss
+
+
+def _args(tmp_path, *extra):
+    import argparse
+
+    from minisora.cli import add_loop_args, add_run_args
+    p = argparse.ArgumentParser(allow_abbrev=False)
+    add_loop_args(p, samples=False)
+    add_run_args(p, project="t")
+    return p.parse_args(["--output_dir", str(tmp_path), "--accelerator", "cpu", "--devices", "1", "--precision", "32-true",
+                         "--num_workers", "0", "--log_every", "1", "--batch_size", "2", *map(str, extra)])
+
+
+def _steps(path):
+    return [(int(r["step"]), float(r["train/loss"])) for r in csv.DictReader(open(path)) if r.get("train/loss")]
+
+
+def test_driver_checkpoints_at_stop_and_resume_keeps_metrics_history(tmp_path, recwarn):
+    """One driver (training.fit): last.ckpt at the step training stops (not a multiple of --ckpt_every); a run
+    resumed from an earlier checkpoint continues in its folder and keeps metrics.csv's rows up to that
+    checkpoint (Lightning's CSVLogger wiped them: after a kill -9 only the resumed rows were left)."""
+    from minisora.checkpoint import checkpoint_step
+    from minisora.training import fit, start_run
+
+    data = TensorDataset(torch.randn(64, 4))
+    a = _args(tmp_path, "--max_steps", 5, "--ckpt_every", 2, "--run_name", "r")
+    out = start_run(a, "tiny")
+    fit(a, Logs(), data, out=out, script="tiny", checkpoints=dict(every_n_train_steps=2, filename="step{step:03d}",
+                                                                  save_top_k=-1), enable_progress_bar=False)
+    ck = out / "checkpoints"
+    assert checkpoint_step(ck / "last.ckpt") == 5 and checkpoint_step(ck / "step002.ckpt") == 2
+    first = _steps(out / "metrics.csv")
+    assert [s for s, _ in first] == [0, 1, 2, 3, 4]
+    # a new run may not reuse the folder; resuming from step 2 continues in it (no --run_name needed)
+    with pytest.raises(SystemExit, match="holds another run's checkpoints"):
+        start_run(_args(tmp_path, "--run_name", "r"), "tiny")
+    b = _args(tmp_path, "--max_steps", 7, "--resume_from", ck / "step002.ckpt")
+    assert start_run(b, "tiny") == out and b.run_name == "r"
+    fit(b, Logs(), data, out=out, script="tiny", checkpoints=dict(every_n_train_steps=2, filename="step{step:03d}",
+                                                                  save_top_k=-1), enable_progress_bar=False)
+    rows = _steps(out / "metrics.csv")
+    assert [s for s, _ in rows] == list(range(7))      # every step once: history up to 2 kept, then the resumed run
+    assert rows[:2] == first[:2]                        # the rows before the checkpoint are the first run's own
+    assert checkpoint_step(ck / "last.ckpt") == 7
+    assert not [w for w in recwarn if "will be deleted" in str(w.message)]  # Lightning's CSVLogger warned so

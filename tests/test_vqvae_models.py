@@ -34,12 +34,30 @@ def test_layers_shapes():
     x = torch.randn(2, 8, 4, 8, 8)
     assert ResBlock3d(8, 16)(x).shape == (2, 16, 4, 8, 8)
     assert Downsample3d(8, 8, (2, 2, 2))(x).shape == (2, 8, 2, 4, 4)
-    assert Downsample3d(8, 8, (1, 2, 2), causal=True)(x).shape == (2, 8, 4, 4, 4)
+    assert Downsample3d(8, 8, (1, 2, 2))(x).shape == (2, 8, 4, 4, 4)
     assert Upsample3d(8, 4, (2, 2, 2))(x).shape == (2, 4, 8, 16, 16)
     e = timestep_embedding(torch.tensor([0.0, 5.0]), 9)
     assert e.shape == (2, 9) and torch.allclose(e[0, :4], torch.ones(4)) and e[:, -1].eq(0).all()
     h = torch.randn(2, 5, 6)
     assert torch.allclose(modulate(h, torch.zeros(2, 6), torch.zeros(2, 6)), h)
+
+
+@torch.no_grad()
+def test_resampling_is_causal_by_construction():
+    """Downsample3d / Upsample3d take no `causal` flag: in time they only regroup frames. Output frame k of a
+    t-stride-2 Downsample3d is made from input frames 2k and 2k + 1 alone; Upsample3d's output frames 2k and
+    2k + 1 from input frame k alone. With (1, 2, 2) every output frame sees its own input frame only."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, 6, 4, 4)
+    for stride, t_out in (((2, 2, 2), 2), ((1, 2, 2), 1)):
+        down, up = Downsample3d(4, 4, stride), Upsample3d(4, 4, stride)
+        for f in range(6):
+            x2 = x.clone()
+            x2[:, :, f] += 1.0  # change input frame f only
+            moved = (down(x2) - down(x)).abs().amax((0, 1, 3, 4)) > 1e-5
+            assert moved.tolist() == [k == f // t_out for k in range(6 // t_out)], (stride, f)
+            moved = (up(x2) - up(x)).abs().amax((0, 1, 3, 4)) > 1e-5
+            assert moved.tolist() == [j // t_out == f for j in range(6 * t_out)], (stride, f)
 
 
 # ---------------------------------------------------------------- presets / config
@@ -201,17 +219,45 @@ def test_decode_codes_matches_forward_in_eval():
     assert torch.allclose(m.decode(enc["quantized"]), out["recon"], atol=1e-5)
 
 
+def _first_changed(a, b, atol=1e-6):
+    """Index of the first time step (axis 2) where a and b differ by more than atol (len if none)."""
+    diff = (a - b).abs().amax((0, 1, 3, 4)) > atol
+    return int(diff.int().argmax()) if diff.any() else len(diff)
+
+
+@torch.no_grad()
 def test_causal_model_ignores_future_frames():
+    """causal_s8t4 (temporal stride 4): changing input frames >= 4 (k + 1) leaves latent frames 0..k (and their
+    codes) as they were and changes latent frame k + 1; in the decoder, changing latent frames >= k + 1 leaves
+    output frames < 4 (k + 1) as they were and changes frame 4 (k + 1). The non-causal s4t4 leaks (control)."""
     torch.manual_seed(0)
     m = VideoVAE(tiny("causal_s8t4")).eval()
-    x = torch.rand(1, 3, 8, 16, 16) * 2 - 1
+    ts = m.config.temporal_stride
+    assert m.config.causal and ts == 4
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(1, 3, 16, 16, 16, generator=g) * 2 - 1
+    enc = m.encode(x)
+    z = enc["z"]
+    assert z.shape[2] == 4
+    for k in range(3):
+        x2 = x.clone()
+        x2[:, :, ts * (k + 1):] = torch.rand(x2[:, :, ts * (k + 1):].shape, generator=g) * 2 - 1
+        enc2 = m.encode(x2)
+        assert _first_changed(z, enc2["z"]) == k + 1, k  # latent frames <= k unchanged, k + 1 changed
+        assert torch.equal(enc["codes"][:, :k + 1], enc2["codes"][:, :k + 1])
+        z2 = z.clone()
+        z2[:, :, k + 1:] = torch.randn(z2[:, :, k + 1:].shape, generator=g)
+        assert _first_changed(m.decode(z), m.decode(z2)) == ts * (k + 1), k  # frames < 4 (k + 1) unchanged
+    # the same probe on a non-causal model sees the future: latent frame 0 moves with input frames >= 4
+    nc = VideoVAE(tiny("s4t4")).eval()
     x2 = x.clone()
-    x2[:, :, 4:] = torch.rand_like(x2[:, :, 4:])  # change frames of the 2nd latent step only
-    with torch.no_grad():
-        z, z2 = m.encode(x)["z"], m.encode(x2)["z"]
-        assert torch.allclose(z[:, :, 0], z2[:, :, 0], atol=1e-6) and not torch.allclose(z[:, :, 1], z2[:, :, 1])
-        r, r2 = m.decode(z), m.decode(z2)
-        assert torch.allclose(r[:, :, :4], r2[:, :, :4], atol=1e-6)
+    x2[:, :, ts:] = -x2[:, :, ts:]
+    assert _first_changed(nc.encode(x)["z"], nc.encode(x2)["z"]) == 0
+    # configs saved with causal (before and after Down/Upsample3d lost their ignored flag) still load
+    d = json.loads(json.dumps(m.config.to_dict()))
+    again = VideoVAE(VAEConfig.from_dict(d)).eval()
+    again.load_state_dict(m.state_dict())
+    assert torch.equal(again.encode(x)["z"], z)
 
 
 # ---------------------------------------------------------------- colour

@@ -1,0 +1,85 @@
+"""Generators behind one interface, for sample.py, evaluate.py and the demo: load any generator checkpoint
+(diffusion: train_dit.py / iddpm.py; next-token: train_latent_*.py) with its VAE, and generate videos."""
+from __future__ import annotations
+
+import torch
+
+from minisora.checkpoint import load_checkpoint
+from minisora.resolve import load_vae, resolve_checkpoint_path
+
+DIFFUSION, TOKEN_MODELS = ("latte", "stdit"), ("gpt", "mamba")
+
+
+def load_generator(ref: str, device: str = "cpu", vae: str | None = None):
+    """A diffusion (LitDiffusion) or token (LitLM) module from its checkpoint (read once), eval mode, with `.vae`
+    loaded (the checkpoint's VAE reference, or `vae`)."""
+    ckpt = load_checkpoint(resolve_checkpoint_path(ref))
+    meta = ckpt["minisora"]
+    kind = meta.get("kind")
+    if kind in DIFFUSION:
+        from minisora.lit_diffusion import LitDiffusion
+        module = LitDiffusion(kind, meta["config"], meta["diffusion"], meta["latent"], vae or meta["vae"],
+                              ema_decay=meta.get("ema_decay", 0.9999))
+    elif kind in TOKEN_MODELS:
+        from minisora.lit_gpt import LitLM
+        module = LitLM(kind, meta["config"], meta["n_codes"], meta["grid"], vae or meta["vae"])
+    else:
+        raise ValueError(f"{ref} is a {kind!r} checkpoint, not a video generator ({', '.join(DIFFUSION + TOKEN_MODELS)})")
+    module.load_state_dict(ckpt["state_dict"])
+    module.vae = load_vae(vae or meta["vae"], device)
+    return module.to(device).eval()
+
+
+def is_diffusion(module) -> bool:
+    return hasattr(module, "sample_latents")
+
+
+def num_classes(module) -> int:
+    """Label classes of a class-conditional generator (0: unconditional)."""
+    return int((getattr(module.hparams, "model_config", None) or {}).get("num_classes") or 0)
+
+
+@torch.no_grad()
+def generate_videos(module, n: int, batch_size: int = 8, seed: int = 0, sampler: str | None = "dpm++", steps: int = 25,
+                    y: torch.Tensor | None = None, use_ema: bool = True, cfg_scale: float = 1.0,
+                    temperature: float | None = None, top_k: int | None = None,
+                    top_p: float | None = None) -> list[torch.Tensor]:
+    """n videos (3, T, H, W) in [-1, 1] on the CPU, in batches (batch i uses seed + i * batch_size).
+
+    Diffusion models use sampler/steps/y/use_ema/cfg_scale. sampler: dpm++ | ddim | ddpm for epsilon models,
+    euler | heun for rectified-flow ones (an epsilon sampler such as the default dpm++ becomes euler there,
+    said once). y: None (a class-conditional model gets its null label), or a float multi-hot tensor (1, C)
+    (the same prompt for every video) or (n, C) (one row per video); cfg_scale: classifier-free guidance
+    scale (1: none). Token models take temperature / top_k / top_p (None: the trained values; top_k 0 and
+    top_p 1 turn them off) and no y (batched KV-cache decoding: each step is cheap, a batch fills the matmuls)."""
+    diffusion = is_diffusion(module)
+    if y is not None:
+        if not diffusion:
+            raise ValueError("y (labels) is for class-conditional diffusion models, not token models")
+        if y.dim() != 2 or y.shape[0] not in (1, n):
+            raise ValueError(f"y must be a multi-hot tensor of shape (1, C) or ({n}, C), got {tuple(y.shape)}")
+        if not num_classes(module):
+            from minisora.diffusion import note_once
+            note_once("[sample] labels given to an unconditional model: ignored")
+            y = None
+    if diffusion:
+        sampler = module.diffusion.resolve_sampler(sampler)  # rf: dpm++ -> euler, with a note (once)
+    videos = []
+    for i in range(0, n, batch_size):
+        b = min(batch_size, n - i)
+        if diffusion:
+            yb = None if y is None else (y.expand(b, -1) if y.shape[0] == 1 else y[i:i + b]).float()
+            z = module.sample_latents(b, sampler, steps, seed=seed + i, y=yb, use_ema=use_ema, cfg_scale=cfg_scale)
+            videos.extend(module.vae.decode(z).cpu())
+        else:
+            codes = module.sample_codes(b, seed=seed + i, temperature=temperature, top_k=top_k, top_p=top_p)
+            videos.extend(module.vae.decode_codes(codes).cpu())
+    return videos
+
+
+def multi_hot(label_sets: list[list[int]], classes: int, device="cpu") -> torch.Tensor:
+    """(len(label_sets), classes) float multi-hot prompts."""
+    y = torch.zeros(len(label_sets), classes, device=device)
+    for i, labels in enumerate(label_sets):
+        y[i, list(labels)] = 1
+    return y
