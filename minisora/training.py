@@ -227,7 +227,7 @@ def checkpoint_callback(**kw):
             if self.stop_saved or trainer.sanity_checking:
                 return
             path = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
-            trainer.save_checkpoint(path)
+            trainer.save_checkpoint(path, weights_only=False)  # the full state: it resumes
             self.last_model_path, self.stop_saved = path, True
             for lg in trainer.loggers:  # wandb (log_model="all") uploads it like any other checkpoint
                 lg.after_save_checkpoint(weakref.proxy(self))
@@ -336,7 +336,9 @@ def fit(a, module, train, val=None, *, out: Path, script: str, checkpoints: dict
                  LearningRateMonitor("step")]
     if hasattr(module, "sample_and_save"):  # generators: samples every a.sample_every steps and at the end
         callbacks.append(_periodic_samples(a.sample_every))
-    trainer_kw.setdefault("limit_val_batches", 1.0 if val is not None else 0)
+    if val is None:
+        trainer_kw["limit_val_batches"] = 0
+    trainer_kw = {k: v for k, v in trainer_kw.items() if v != 1.0 or not k.startswith("limit_")}  # 1.0: the default
     trainer = make_trainer(a, out, callbacks=callbacks, max_epochs=a.epochs, max_steps=a.max_steps, max_time=a.max_time,
                            accumulate_grad_batches=a.accumulate_grad_batches, log_every_n_steps=a.log_every,
                            clip_grad=a.clip_grad, clip_start=a.start_clip_iter, num_sanity_val_steps=0, **trainer_kw)

@@ -18,6 +18,7 @@ def test_demo_tiny_runs_every_stage(tmp_path):
     assert {"real (val)", "generated", "vae reconstruction"} <= set(results)
     assert "prompt_accuracy" in json.dumps(results) and "colour_error" in results["vae reconstruction"]
     assert "| real videos |" in out.stdout and "legible / frame" in out.stdout
+    assert "Warning" not in out.stderr and "will be deleted" not in out.stderr  # a console a person can read
     for ckpt in ("train_vqvae/demo_vae", "iddpm/demo_dit"):  # --tiny bounds training by steps, not by minutes
         assert torch.load(tmp_path / "runs" / ckpt / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 3
     # a second run skips every finished stage
