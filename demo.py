@@ -132,7 +132,8 @@ def main(argv=None):
         tokens = WORK / f"data/latents/{a.name}__demo_vq_tokens_16frames_train.npy"
         run("+ tokens", ["tokenize_videos.py", *common, "--vae", vq, "--batch_size", 16, "--decode", 2], tokens)
         gpt = runs / "train_latent_nanogpt/demo_gpt/checkpoints/last.ckpt"
-        run("+ GPT", ["train_latent_nanogpt.py", "--tokens_input_file", tokens, "--block_size", 256, "--n_layer", 4,
+        # block 320 = one latent frame (16x16) + 4 rows: every token sees its neighbourhood in the previous frame
+        run("+ GPT", ["train_latent_nanogpt.py", "--tokens_input_file", tokens, "--block_size", 320, "--n_layer", 4,
                       "--n_head", 4, "--n_embd", 256, "--dropout", 0.0, "--batch_size", 16, "--learning_rate", 1e-3,
                       "--max_iters", 100000, "--lr_decay_iters", 3000, "--min_lr", 1e-4,
                       "--max_time", hms(a.minutes - vae_minutes), "--eval_interval", 200, "--eval_iters", 4,

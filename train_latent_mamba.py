@@ -4,7 +4,9 @@ token) using temperature / top-k / top-p (upstream sampled greedily and never sa
   python train_latent_mamba.py --n_layer 32 --n_embed 1280 --batch_size 8 --gradient_accumulation_steps 1 --block_size 512 --track
 
 Uses the mamba-ssm CUDA kernels when installed (Dockerfile: --build-arg WITH_MAMBA_KERNELS=1), else a
-pure-PyTorch selective scan. Windows never cross video boundaries.
+pure-PyTorch selective scan. Windows never cross video boundaries. Tokens carry absolute (t, h, w) positions
+and every training window starts from a zero state at a random offset; generation does the same (its state
+restarts within --block_size windows), so sampling never runs past what training showed.
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ def main(argv=None, script: str = "train_latent_mamba"):
     except (ValueError, FileNotFoundError, ConnectionError) as e:
         sys.exit(f"error: {e}")
     cfg = dict(vocab_size=n_codes + 1, d_model=a.n_embed, n_layer=a.n_layer, d_state=a.d_state, d_conv=a.d_conv,
-               expand=a.expand, use_kernels=not a.no_kernels)
+               expand=a.expand, use_kernels=not a.no_kernels, grid=list(arr.shape[1:]), block_size=a.block_size)
     out = start_run(a, script)
     module = LitLM.from_flags(a, "mamba", cfg, n_codes, arr, vae, str(out / "samples"), val.rows)
     fit(a, module, train, val, out=out, script=script, checkpoints=LitLM.checkpoints)

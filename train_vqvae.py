@@ -39,6 +39,11 @@ def parse_args(argv=None):
     m.add_argument("--l1_weight", type=float, default=0.0, help="add an L1 reconstruction term with this weight")
     m.add_argument("--chroma_weight", type=float, default=0.0,
                    help="add an MSE on chroma (colour minus grey) with this weight: colour is learned far sooner")
+    m.add_argument("--quantizer", default="vq", choices=["vq", "fsq"],
+                   help="quantizing variants: vq (EMA codebook of --n_codes) or fsq (finite scalar quantization: each "
+                        "latent channel rounded to --fsq_levels values, prod(levels) codes, none can die). fsq "
+                        "quantizes any variant and sets --embedding_dim to len(--fsq_levels)")
+    m.add_argument("--fsq_levels", type=int, nargs="+", default=[8, 5, 5, 5], help="FSQ levels per latent channel")
     m.add_argument("--commitment_cost", type=float, default=0.25, help="VQ commitment weight beta")
     m.add_argument("--ema_decay", type=float, default=0.99, help="VQ codebook EMA decay")
     m.add_argument("--low_utilization_cost", type=float, default=0.0,
@@ -69,6 +74,10 @@ def parse_args(argv=None):
 def build_config(a):
     over = dict(embedding_dim=a.embedding_dim, n_codes=a.n_codes, kl_weight=a.kl_loss_weight,
                 commitment_cost=a.commitment_cost, l1_weight=a.l1_weight, chroma_weight=a.chroma_weight, ema_decay=a.ema_decay, low_utilization_cost=a.low_utilization_cost)
+    if a.quantizer == "fsq":
+        if a.embedding_dim != len(a.fsq_levels):
+            print(f"[train_vqvae] --quantizer fsq: embedding_dim {len(a.fsq_levels)} (one channel per FSQ level count)")
+        over.update(quantizer="fsq", fsq_levels=tuple(a.fsq_levels), embedding_dim=len(a.fsq_levels))
     preset = PRESETS[a.network_variant]
     channels = list(a.channels or preset["channels"])
     if a.n_hiddens:
@@ -103,7 +112,7 @@ def main(argv=None):
                    data={k: v for k, v in common.items() if k != "as_uint8"})
     n_params = sum(p.numel() for p in model.model.parameters())
     print(f"[train_vqvae] {a.network_variant}: {n_params / 1e6:.3f}M params, strides t{cfg.temporal_stride} "
-          f"s{cfg.spatial_stride}, E={cfg.embedding_dim}, quantize={cfg.quantize} (K={cfg.n_codes}), kl={cfg.kl}; "
+          f"s{cfg.spatial_stride}, E={cfg.embedding_dim}, quantize={cfg.quantize and cfg.quantizer} (K={cfg.n_codes}), kl={cfg.kl}; "
           f"{len(train)} train / {len(val)} val clips; run dir {out}")
     kept = dict(every_n_train_steps=a.ckpt_every, filename="step{step:07d}") if a.ckpt_every else \
         dict(every_n_epochs=a.save_every_n_epochs, filename="epoch{epoch:03d}")

@@ -88,7 +88,7 @@ def run(a, kind: str) -> Path:
                         "spatial_stride": vae.spatial_stride},
                 "scaling_factor": vae.scaling_factor, "args": vars(a)}
         if kind == "tokens":
-            meta["n_codes"] = vae.n_codes
+            meta["n_codes"], meta["quantizer"] = vae.n_codes, vae.config.get("quantizer", "vq")
         writer = StageWriter(out, shape, dtype, meta)
         if writer.rows_done:
             print(f"[{kind}] resuming {out}: {writer.rows_done}/{len(ds)} rows already written")

@@ -232,3 +232,27 @@ def sincos_2d(dim: int, h: int, w: int) -> torch.Tensor:
     """Fixed 2D sin-cos embedding (h * w, dim), row-major: half the channels encode y, half x."""
     ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
     return torch.cat([sincos_1d(dim // 2, ys.flatten()), sincos_1d(dim // 2, xs.flatten())], dim=1)
+
+
+class GridPositions(nn.Module):
+    """Learned absolute positions of a flattened (t, h, w) code grid, factorised into three tables, for
+    sequences [BOS, c_0, c_1, ...]: position 0 (BOS) gets none, position i >= 1 that of code i - 1. Used by the
+    next-token models (a token keeps its (t, h, w) wherever a training or generation window starts)."""
+
+    def __init__(self, grid, dim: int):
+        super().__init__()
+        self.grid = tuple(int(g) for g in grid)
+        self.t, self.h, self.w = (nn.Embedding(n, dim) for n in self.grid)
+
+    @staticmethod
+    def index(start, length: int, device) -> torch.Tensor:
+        """Sequence positions of `length` tokens starting at `start` (int or (B,) tensor), or `start` itself
+        when it already is a (B, L) tensor of explicit positions."""
+        start = torch.as_tensor(start, device=device)
+        return start if start.dim() == 2 else start.view(-1, 1) + torch.arange(length, device=device)[None]
+
+    def forward(self, pos: torch.Tensor) -> torch.Tensor:
+        _, h, w = self.grid
+        j = (pos - 1).clamp(min=0)
+        e = self.t(j // (h * w)) + self.h((j // w) % h) + self.w(j % w)
+        return e * (pos > 0).unsqueeze(-1)

@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models.layers import GridPositions
+
 
 @dataclass
 class MambaConfig:
@@ -24,6 +26,9 @@ class MambaConfig:
     expand: int = 2
     pad_vocab_multiple: int = 8
     use_kernels: bool = True        # use mamba-ssm's fused scan when importable and on CUDA
+    grid: tuple[int, int, int] | None = None   # code grid (t, h, w): absolute positions (None: none, legacy)
+    block_size: int = 0             # training window: generation restarts its state within windows this long
+                                    # (0: one unbounded recurrence, legacy)
 
     @property
     def d_inner(self) -> int:
@@ -34,7 +39,9 @@ class MambaConfig:
         return math.ceil(self.d_model / 16)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["grid"] = list(self.grid) if self.grid else None
+        return d
 
 
 def selective_scan_ref(u, delta, A, B, C, D, h0=None):
@@ -145,14 +152,23 @@ class MambaLM(nn.Module):
         v = math.ceil(c.vocab_size / c.pad_vocab_multiple) * c.pad_vocab_multiple
         self.wte = nn.Embedding(v, c.d_model)
         nn.init.normal_(self.wte.weight, std=0.02)
+        self.pos3d = None
+        if c.grid:
+            self.pos3d = GridPositions(c.grid, c.d_model)
+            for e in (self.pos3d.t, self.pos3d.h, self.pos3d.w):
+                nn.init.normal_(e.weight, std=0.02)
         self.blocks = nn.ModuleList(MambaBlock(c) for _ in range(c.n_layer))
         self.norm_f = nn.RMSNorm(c.d_model, eps=1e-5)
         self.head = nn.Linear(c.d_model, v, bias=False)
         self.head.weight = self.wte.weight
 
     def forward(self, idx, start=0, targets=None, states: list | None = None):
-        """Same interface as models.gpt.GPT (positions are implicit in the recurrence; `start` is ignored)."""
+        """Same interface as models.gpt.GPT: idx (B, L) whose first token sits at sequence position `start`
+        (absolute (t, h, w) positions when the config has a grid: a training window starts at any offset
+        from a zero state, and so does each generation window)."""
         x = self.wte(idx)
+        if self.pos3d is not None:
+            x = x + self.pos3d(GridPositions.index(start, idx.shape[1], idx.device))
         for i, blk in enumerate(self.blocks):
             x = blk(x, None if states is None else states[i])
         logits = self.head(self.norm_f(x))[..., :self.config.vocab_size]
@@ -162,15 +178,28 @@ class MambaLM(nn.Module):
     @torch.no_grad()
     def generate(self, prompt, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True, allowed=None,
                  generator=None):
-        """Recurrent generation: the prompt is fed token by token into the states, then each new token costs O(1)."""
+        """Recurrent generation (each new token costs O(1)). With config.block_size, every prediction reads a
+        window of at most block_size tokens fed from a zero state, as in training: when the window is full it
+        restarts from its last half (block_size // 2 tokens fed again). use_cache is accepted for the GPT
+        interface (the recurrent state is the cache)."""
         from models.gpt import sample_logits
 
-        states = [{} for _ in self.blocks]
-        for i in range(prompt.shape[1]):
-            logits, _ = self(prompt[:, i:i + 1], states=states)
-        seq = prompt
+        bs = self.config.block_size
+        seq, anchor = prompt, max(0, prompt.shape[1] - bs) if bs else 0
+
+        def window():  # the window's tokens fed from zero states: (logits of its last token, states)
+            states = [{} for _ in self.blocks]
+            for i in range(anchor, seq.shape[1]):
+                logits, _ = self(seq[:, i:i + 1], start=i, states=states)
+            return logits, states
+
+        logits, states = window()
         for _ in range(max_new_tokens):
             nxt = sample_logits(logits[:, -1].float(), temperature, top_k, top_p, allowed, generator)
             seq = torch.cat([seq, nxt], 1)
-            logits, _ = self(nxt, states=states)
+            if bs and seq.shape[1] - anchor > bs:
+                anchor = seq.shape[1] - max(1, bs // 2)
+                logits, states = window()
+            else:
+                logits, _ = self(nxt, start=seq.shape[1] - 1, states=states)
         return seq

@@ -26,8 +26,10 @@ class VAEConfig:
     spatial_stride: int = 4
     temporal_stride: int = 4
     embedding_dim: int = 4            # latent channels E
-    n_codes: int = 2048               # codebook size K (VQ only)
+    n_codes: int = 2048               # codebook size K (VQ only; FSQ: the product of fsq_levels)
     quantize: bool = False
+    quantizer: str = "vq"             # with quantize: "vq" (EMA codebook) or "fsq" (finite scalar quantization)
+    fsq_levels: tuple[int, ...] = (8, 5, 5, 5)  # FSQ: levels per latent channel (embedding_dim = len(levels))
     kl: bool = False
     channels: tuple[int, ...] = (32, 64, 128)  # encoder width per level; len-1 >= log2(max stride)
     num_res_blocks: int = 1
@@ -45,6 +47,14 @@ class VAEConfig:
 
     def __post_init__(self):
         self.channels = tuple(int(c) for c in self.channels)
+        self.fsq_levels = tuple(int(n) for n in self.fsq_levels)
+        if self.quantizer not in ("vq", "fsq"):
+            raise ValueError(f"quantizer must be 'vq' or 'fsq', got {self.quantizer!r}")
+        if self.quantizer == "fsq":
+            if self.embedding_dim != len(self.fsq_levels) or min(self.fsq_levels) < 2:
+                raise ValueError(f"FSQ quantizes each latent channel to its own levels: embedding_dim "
+                                 f"{self.embedding_dim} must equal len(fsq_levels {list(self.fsq_levels)}), all >= 2")
+            self.quantize, self.n_codes = True, math.prod(self.fsq_levels)
         if self.res_blocks is not None:
             self.res_blocks = tuple(int(n) for n in self.res_blocks)
             if len(self.res_blocks) != len(self.channels):
@@ -72,7 +82,7 @@ class VAEConfig:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["channels"] = list(self.channels)
+        d["channels"], d["fsq_levels"] = list(self.channels), list(self.fsq_levels)
         return d
 
     @classmethod
@@ -293,6 +303,62 @@ class VectorQuantizer(nn.Module):
                     codes=idx.view(b, t, h, w), loss=loss, perplexity=perplexity, counts=counts)
 
 
+class FiniteScalarQuantizer(nn.Module):
+    """Finite scalar quantization (FSQ, Mentzer et al. 2023): latent channel i is squashed by a tanh into a
+    range that rounds to exactly levels[i] integers, and rounded (straight-through gradient); a code is the
+    mixed-radix number of the channels' values, prod(levels) codes in all. There is no codebook to learn, so
+    no code can die: no commitment loss, EMA or re-seeding. Quantized vectors lie in [-1, 1] per channel."""
+
+    def __init__(self, levels: tuple[int, ...], eps: float = 1e-3):
+        super().__init__()
+        self.levels, self.n_codes, self.dim = tuple(levels), math.prod(levels), len(levels)
+        L = torch.tensor(levels, dtype=torch.float32)
+        half = (L - 1) * (1 - eps) / 2
+        offset = (L % 2 == 0).float() * 0.5  # even counts: an asymmetric range, e.g. 8 -> {-4, ..., 3}
+        self.register_buffer("half_range", half, persistent=False)
+        self.register_buffer("offset", offset, persistent=False)
+        self.register_buffer("shift", torch.atanh(offset / half), persistent=False)
+        self.register_buffer("radius", torch.floor(L / 2), persistent=False)
+        self.register_buffer("basis", torch.tensor([math.prod(levels[:i]) for i in range(len(levels))]),
+                             persistent=False)
+        self.register_buffer("count", L.long(), persistent=False)
+
+    def _round(self, z: torch.Tensor) -> torch.Tensor:
+        """(..., d) -> integers in [-radius, count - 1 - radius] (straight-through)."""
+        bounded = torch.tanh(z.float() + self.shift) * self.half_range - self.offset
+        return bounded + (bounded.round() - bounded).detach()
+
+    def _codes(self, q: torch.Tensor) -> torch.Tensor:
+        return ((q.detach() + self.radius).long() * self.basis).sum(-1)
+
+    def vectors_to_codes(self, z: torch.Tensor) -> torch.Tensor:
+        """Continuous (B, E, t, h, w) -> int64 (B, t, h, w)."""
+        return self._codes(self._round(z.movedim(1, -1)))
+
+    def codes_to_vectors(self, codes: torch.Tensor) -> torch.Tensor:
+        """int64 (B, t, h, w) -> quantized vectors (B, E, t, h, w) in [-1, 1]."""
+        digits = (codes.unsqueeze(-1) // self.basis) % self.count
+        return ((digits - self.radius) / self.radius).movedim(-1, 1)
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        """(K, E): every code's vector (what a stage mapping tokens through the codebook reads)."""
+        return self.codes_to_vectors(torch.arange(self.n_codes, device=self.basis.device).view(1, 1, 1, -1))[0, :, 0, 0].t()
+
+    def reinit_dead_codes(self, z_samples, usage_counts, noise: float = 0.01) -> int:
+        return 0  # nothing to re-seed: every code is a fixed point of the grid
+
+    def forward(self, z: torch.Tensor) -> dict:
+        """z (B, E, t, h, w) -> dict(quantized (straight-through), codes, loss (0), perplexity, counts)."""
+        q = self._round(z.movedim(1, -1))
+        codes = self._codes(q)
+        counts = torch.bincount(codes.flatten(), minlength=self.n_codes).float()
+        p = counts / counts.sum()
+        perplexity = torch.exp(-(p * torch.log(p.clamp_min(1e-10))).sum())
+        return dict(quantized=(q / self.radius).movedim(-1, 1).to(z.dtype), codes=codes, loss=z.new_zeros(()),
+                    perplexity=perplexity, counts=counts)
+
+
 # ---------------------------------------------------------------------------- encoder / decoder
 def _nontrivial(strides):
     return [st for st in strides if st != (1, 1, 1)]
@@ -370,9 +436,12 @@ class VideoVAE(nn.Module):
         self.config = config
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
-        self.quantizer = (VectorQuantizer(config.n_codes, config.embedding_dim, config.commitment_cost,
-                                          config.ema_decay, config.low_utilization_cost)
-                          if config.quantize else None)
+        self.quantizer = None
+        if config.quantize and config.quantizer == "fsq":
+            self.quantizer = FiniteScalarQuantizer(config.fsq_levels)
+        elif config.quantize:
+            self.quantizer = VectorQuantizer(config.n_codes, config.embedding_dim, config.commitment_cost,
+                                             config.ema_decay, config.low_utilization_cost)
 
     @property
     def strides(self) -> tuple[int, int, int]:

@@ -18,6 +18,58 @@ def tiny_gpt(**kw):
                                    dropout=0.0), **kw})).eval()
 
 
+def test_cached_sampling_stays_in_the_trained_window(monkeypatch):
+    """Past the first window (49-token videos, block_size 8: several windows), each prediction of cached sampling
+    equals a forward pass over one window of <= block_size tokens computed from scratch (as in training: the
+    first 8 tokens, then re-anchored to the last 4 when full), no pass reads more than block_size tokens or
+    keys, and the uncached reference gives the same tokens. (A sliding cache fails the first check.)"""
+    import models.gpt as gpt
+
+    m = tiny_gpt(grid=(3, 4, 4), block_size=8)
+    seen, reads = [], []
+    real_sample, forward = gpt.sample_logits, m.forward
+    monkeypatch.setattr(gpt, "sample_logits", lambda logits, *a, **k: seen.append(logits) or real_sample(logits, *a, **k))
+
+    def spy(idx, start=0, targets=None, caches=None):
+        out = forward(idx, start=start, targets=targets, caches=caches)
+        reads.append(max(idx.shape[1], caches[0]["k"].shape[2] if caches else 0))
+        return out
+    monkeypatch.setattr(m, "forward", spy)
+    prompt = torch.tensor([[32, 5, 7], [32, 2, 9]])
+    a = m.generate(prompt, 46, temperature=1.0, generator=torch.Generator().manual_seed(1), use_cache=True)
+    b = m.generate(prompt, 46, temperature=1.0, generator=torch.Generator().manual_seed(1), use_cache=False)
+    assert a.shape == (2, 49) and torch.equal(a, b) and max(reads) <= 8
+    anchor = 0
+    for n in range(3, 49):  # the prediction of position n
+        if n - anchor > 8:
+            anchor = n - 4
+        ref = forward(a[:, anchor:n], start=anchor)[0][:, -1]
+        assert torch.allclose(seen[n - 3], ref, atol=1e-4), n
+
+
+def test_mamba_generation_stays_in_the_trained_window():
+    """Mamba with positions and block_size 8: each prediction equals a parallel (training-mode) pass over its
+    window from a zero state, past the first window too; the position of a window matters (start is used)."""
+    torch.manual_seed(0)
+    m = MambaLM(MambaConfig(vocab_size=33, d_model=16, n_layer=2, grid=(3, 4, 4), block_size=8, use_kernels=False)).eval()
+    x = torch.randint(0, 32, (2, 6))
+    assert not torch.allclose(m(x, start=1)[0], m(x, start=20)[0])
+    seen = []
+    import models.gpt as gpt
+    real = gpt.sample_logits
+    gpt.sample_logits = lambda logits, *a, **k: seen.append(logits) or real(logits, *a, **k)
+    try:
+        out = m.generate(torch.tensor([[32, 5, 7], [32, 2, 9]]), 46, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    finally:
+        gpt.sample_logits = real
+    anchor = 0
+    for n in range(3, 49):
+        if n - anchor > 8:
+            anchor = n - 4
+        ref = m(out[:, anchor:n], start=anchor)[0][:, -1]
+        assert torch.allclose(seen[n - 3], ref, atol=1e-4), n
+
+
 @pytest.mark.parametrize("pos_emb", ["3d", "1d"])
 def test_kv_cache_matches_full_recompute(pos_emb):
     m = tiny_gpt(pos_emb=pos_emb)
@@ -31,7 +83,7 @@ def test_kv_cache_matches_full_recompute(pos_emb):
         step, _ = m(a[:, i:i + 1], start=i, caches=caches)
         full, _ = m(a[:, :i + 1], start=0)
         assert torch.allclose(step[:, -1], full[:, -1], atol=1e-5)
-    # past block_size the window slides: every token keeps its absolute position, codes stay in range
+    # past block_size the window is re-anchored: every token keeps its absolute position, codes stay in range
     long = m.generate(prompt, 29, temperature=1.0, top_k=10, allowed=32, generator=torch.Generator().manual_seed(0))
     assert long.shape == (2, 33) and int(long[:, 1:].max()) < 32
 
