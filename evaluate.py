@@ -34,7 +34,7 @@ from minisora.cli import add_bad_video_arg
 from minisora.data import VideoDataset, load_labels, to_model_range
 from minisora.evaluation import (FMD, DigitCNN, FeatureNet, colour_error, fd_with_ci, i3d_features, prompt_accuracy,
                                  to_float, train_digit_classifier, train_feature_net, video_metrics)
-from minisora.generate import generate_videos, load_generator, multi_hot, num_classes
+from minisora.generate import generate_videos, load_generator, label_prompts, num_classes
 from minisora.video_io import list_videos, read_video, to_uint8_frames
 
 COLUMNS = ["videos", "FMD", "legibility", "legible_per_frame", "digits_per_frame", "mean_speed_px", "motion_residual_px",
@@ -144,7 +144,7 @@ def main(argv=None):
                 sys.exit("error: --prompted needs a class-conditional checkpoint (model_config num_classes)")
             if val_labels is None:
                 sys.exit(f"error: --prompted needs the val labels ({val.dir / 'metadata.jsonl'})")
-            y = multi_hot(val_labels, num_classes(module), device)
+            y = label_prompts(val_labels, num_classes(module), device)
             print(f"[evaluate] sampling {n_val} videos prompted with the val videos' digits (cfg scale {a.cfg_scale})")
             sets["generated (prompted)"] = sample(module, n_val, a, y=y, cfg_scale=a.cfg_scale)
             extra["generated (prompted)"] = {"prompt_accuracy": prompt_accuracy(sets["generated (prompted)"], val_labels, clf)}

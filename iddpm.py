@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from minisora.cli import add_diffusion_args, add_loop_args, add_run_args, add_vae_arg, diffusion_settings
-from minisora.data import NUM_DIGITS, LatentDataset, collate_videos, load_labels
+from minisora.data import NUM_DIGITS, LatentDataset, collate_videos, stage_labels
 from minisora.lit_diffusion import LitDiffusion
 from minisora.resolve import choose_vae, load_vae
 from minisora.stagefile import check_vae_matches, latent_stats, load_stage
@@ -71,10 +71,7 @@ def main(argv=None):
             if not vae.quantize:
                 raise ValueError(f"--vae {a.vae} has no codebook for --tokens_input_file")
             codebook = vae.module.quantizer.codebook.float().numpy()
-        labels = None
-        if a.class_conditional:
-            src = meta.get("source", {})
-            labels = load_labels(f"{src['dataset']}/{src['split']}", src["files"])
+        labels = stage_labels(meta) if a.class_conditional else None
         mean, std = latent_stats(meta, arr, codebook)
         data = LatentDataset(arr, mean, std, a.latent_frames_to_generate, codebook, labels=labels)
         shape = tuple(data[0]["latents"].shape)

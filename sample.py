@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from minisora.cli import add_vae_arg
-from minisora.generate import generate_videos, is_diffusion, load_generator, multi_hot, num_classes
+from minisora.generate import generate_videos, is_diffusion, load_generator, label_prompts, num_classes
 from minisora.video_io import save_video_grid
 
 
@@ -41,10 +41,11 @@ def main(argv=None):
                                                            "model calls per step)")
     d.add_argument("--no_ema", action="store_true", help="use the raw weights instead of the EMA ones")
     d.add_argument("--labels", type=int, nargs="+", default=None, help="digits to condition on (class-conditional "
-                   "models), the same set for every video")
+                   "models, diffusion or GPT), the same set for every video")
     d.add_argument("--prompts", nargs="+", default=None, metavar="SET",
                    help="one digit set per video, cycled, e.g. --prompts 3,7 1 0,5 (class-conditional models)")
-    d.add_argument("--cfg_scale", type=float, default=1.0)
+    d.add_argument("--cfg_scale", type=float, default=1.0, help="classifier-free guidance scale (with --labels/--prompts; "
+                                                                "GPTs: on the logits)")
     t = p.add_argument_group("token-model checkpoints (default: the values the model was trained with)")
     t.add_argument("--temperature", type=float, default=None, help="0 = greedy")
     t.add_argument("--top_k", type=int, default=None, help="0 = off")
@@ -62,19 +63,17 @@ def main(argv=None):
             sampler = module.diffusion.resolve_sampler(a.sampler)
         except ValueError as e:
             sys.exit(f"error: --sampler: {e}")
-        if a.labels is not None or a.prompts is not None:
-            k = num_classes(module)
-            if not k:
-                sys.exit("error: --labels/--prompts given but the model is unconditional")
-            try:
-                sets = [a.labels] if a.prompts is None else [[int(d) for d in s.split(",")] for s in a.prompts]
-            except ValueError:
-                sys.exit(f"error: --prompts takes comma-separated digit sets, e.g. 3,7 1; got {a.prompts}")
-            if any(not 0 <= d < k for s in sets for d in s):
-                sys.exit(f"error: digits must be in 0..{k - 1}")
-            y = multi_hot(sets if a.prompts is None else [sets[i % len(sets)] for i in range(a.num_videos)], k, device)
-    elif a.labels is not None or a.prompts is not None:
-        sys.exit("error: --labels/--prompts are for class-conditional diffusion models")
+    if a.labels is not None or a.prompts is not None:
+        k = num_classes(module)
+        if not k:
+            sys.exit("error: --labels/--prompts given but the model is unconditional")
+        try:
+            sets = [a.labels] if a.prompts is None else [[int(d) for d in s.split(",")] for s in a.prompts]
+        except ValueError:
+            sys.exit(f"error: --prompts takes comma-separated digit sets, e.g. 3,7 1; got {a.prompts}")
+        if any(not 0 <= d < k for s in sets for d in s):
+            sys.exit(f"error: digits must be in 0..{k - 1}")
+        y = label_prompts(sets if a.prompts is None else [sets[i % len(sets)] for i in range(a.num_videos)], k, device)
     ck = Path(a.checkpoint)
     out = Path(a.output_dir) if a.output_dir else Path("runs/sample") / (ck.parent.parent.name if ck.exists() else ck.name)
     out.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from minisora.cli import add_diffusion_args, add_loop_args, add_run_args, add_vae_arg, diffusion_settings
-from minisora.data import NUM_DIGITS, LatentDataset, VideoDataset, collate_videos, load_labels, to_model_range
+from minisora.data import NUM_DIGITS, LatentDataset, VideoDataset, collate_videos, stage_labels, to_model_range
 from minisora.lit_diffusion import LitDiffusion
 from minisora.resolve import load_stage_and_vae, load_vae
 from minisora.stagefile import channel_stats, latent_stats
@@ -69,8 +69,7 @@ def main(argv=None):
             arr, meta, vae = load_stage_and_vae(a.latents_input_file, "latents", a.vae, "train_dit")
             a.vae = vae.reference
             if a.extras == 2:
-                src = meta["source"]
-                labels = load_labels(f"{src['dataset']}/{src['split']}", src["files"])
+                labels = stage_labels(meta)
             mean, std = latent_stats(meta, arr)
             data = LatentDataset(arr, mean, std, a.sequence_length, labels=labels)
         else:

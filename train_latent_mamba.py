@@ -33,6 +33,8 @@ def main(argv=None, script: str = "train_latent_mamba"):
     add_run_args(p, project="flying_mnist")
     p.set_defaults(eval_interval=100, eval_iters=20, sample_every=1000, min_lr=1e-5, weight_decay=0.01)
     a = p.parse_args(argv)
+    if a.class_conditional:
+        sys.exit("error: --class_conditional is implemented for the GPT scripts, not yet for Mamba")
     try:
         arr, meta, vae = load_stage_and_vae(a.tokens_input_file, "tokens", a.vae, script)
         n_codes = meta.get("n_codes") or vae.n_codes

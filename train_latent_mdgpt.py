@@ -17,7 +17,7 @@ import argparse
 import sys
 
 from minisora.cli import add_lm_args, add_run_args
-from minisora.data import token_splits
+from minisora.data import NUM_DIGITS, stage_labels, token_splits
 from minisora.lit_gpt import LitLM
 from minisora.resolve import load_stage_and_vae
 from minisora.training import fit, start_run
@@ -48,9 +48,11 @@ def main(argv=None):
             print(f"[{SCRIPT}] block_size capped at {a.block_size} (tokens per cropped video)")
         window = min(a.sparse_block_size, a.block_size)
         cfg = dict(vocab_size=n_codes + 1, grid=list(arr.shape[1:]), block_size=window, n_layer=a.n_layer,
-                   n_head=a.n_head, n_embd=a.n_embd, dropout=a.dropout, pos_emb="1d" if a.use_1d_pos_emb else "3d")
+                   n_head=a.n_head, n_embd=a.n_embd, dropout=a.dropout,
+                   num_classes=NUM_DIGITS if a.class_conditional else 0, pos_emb="1d" if a.use_1d_pos_emb else "3d")
         train, val = token_splits(arr, a.val_fraction, a.block_size, n_codes, a.eval_interval * a.batch_size *
-                                  a.accumulate_grad_batches, a.eval_iters * a.batch_size, a.only_predict_last)
+                                  a.accumulate_grad_batches, a.eval_iters * a.batch_size, a.only_predict_last,
+                                  labels=stage_labels(meta) if a.class_conditional else None)
     except (ValueError, FileNotFoundError, ConnectionError) as e:
         sys.exit(f"error: {e}")
     out = start_run(a, SCRIPT)

@@ -15,7 +15,7 @@ import functools
 import sys
 
 from minisora.cli import add_lm_args, add_run_args
-from minisora.data import token_splits
+from minisora.data import NUM_DIGITS, stage_labels, token_splits
 from minisora.lit_gpt import LitLM
 from minisora.resolve import load_stage_and_vae
 from minisora.training import fit, start_run
@@ -50,7 +50,8 @@ def main(argv=None):
         arr, meta, vae = load_stage_and_vae(a.tokens_input_file, "tokens", a.vae, SCRIPT)
         n_codes = meta.get("n_codes") or vae.n_codes
         cfg = dict(vocab_size=n_codes + 1, grid=list(arr.shape[1:]), block_size=a.block_size, n_layer=a.n_layer,
-                   n_head=a.n_head, n_embd=a.n_embd, dropout=a.dropout, pos_emb=a.pos_emb)
+                   n_head=a.n_head, n_embd=a.n_embd, dropout=a.dropout,
+                   num_classes=NUM_DIGITS if a.class_conditional else 0, pos_emb=a.pos_emb)
         context = None
         if a.sparse_context_window:
             cfg.update(context_stride=a.context_stride, context_dense=a.context_stride_start)
@@ -58,7 +59,8 @@ def main(argv=None):
                                         dense=a.context_stride_start)
         GPTConfig(**cfg)  # validates
         train, val = token_splits(arr, a.val_fraction, a.block_size, n_codes, a.eval_interval * a.batch_size *
-                                  a.accumulate_grad_batches, a.eval_iters * a.batch_size, context=context)
+                                  a.accumulate_grad_batches, a.eval_iters * a.batch_size, context=context,
+                                  labels=stage_labels(meta) if a.class_conditional else None)
     except (ValueError, FileNotFoundError, ConnectionError) as e:
         sys.exit(f"error: {e}")
     out = start_run(a, SCRIPT)

@@ -178,9 +178,7 @@ class VideoDataset(Dataset):
         frames = read_video(self.files[vi], start, self.sequence_length, self.frame_stride, backend=self.backend)
         item = {"video": frames_to_tensor(frames, self.resolution, self.as_uint8), "index": vi, "start": start}
         if self.labels is not None:
-            multi_hot = torch.zeros(NUM_DIGITS)
-            multi_hot[list(self.labels[vi])] = 1.0
-            item["labels"], item["num_digits"] = multi_hot, len(self.labels[vi])
+            item["labels"], item["num_digits"] = multi_hot(self.labels[vi]), len(self.labels[vi])
         return item
 
     def __getitem__(self, i: int) -> dict:
@@ -230,9 +228,7 @@ class LatentDataset(Dataset):
             z = torch.from_numpy(np.array(self.array[i, :, s:s + self.frames], np.float32))  # a copy: the memmap is read-only
         item = {"latents": (z.float() - self.mean) / self.std, "index": i}
         if self.labels is not None:
-            y = torch.zeros(NUM_DIGITS)
-            y[list(self.labels[i])] = 1.0
-            item["labels"] = y
+            item["labels"] = multi_hot(self.labels[i])
         return item
 
 
@@ -252,6 +248,21 @@ def load_labels(split_directory: str | os.PathLike, files: list[str]) -> list[li
     return [by_file[name] for name in files]
 
 
+def stage_labels(meta: dict) -> list[list[int]]:
+    """Digit labels of a stage file's rows (row i: its sidecar's source.files[i]), for class conditioning."""
+    src = meta.get("source") or {}
+    if not src.get("files"):
+        raise ValueError("class conditioning needs the stage file's sidecar (source dataset and files) to find labels")
+    return load_labels(Path(src["dataset"]) / src["split"], src["files"])
+
+
+def multi_hot(labels: list[int], classes: int = NUM_DIGITS) -> torch.Tensor:
+    """A digit set as a float multi-hot (classes,) vector (the `labels` of every dataset and prompt)."""
+    y = torch.zeros(classes)
+    y[list(labels)] = 1
+    return y
+
+
 class TokenWindows(Dataset):
     """Training windows over videos of VQ codes: each row of a tokens file (N, t, h, w) is one video,
     flattened to the sequence [BOS, c_0, c_1, ...]; an item is a random window of block_size + 1 tokens of
@@ -262,8 +273,8 @@ class TokenWindows(Dataset):
     `samples_per_epoch` items are drawn per epoch (videos uniformly, offsets uniformly)."""
 
     def __init__(self, array: np.ndarray, rows: range, block_size: int, bos: int, samples_per_epoch: int = 10000,
-                 only_predict_last: bool = False, context=None):
-        self.array, self.rows, self.block_size, self.bos = array, rows, block_size, bos
+                 only_predict_last: bool = False, context=None, labels: list[list[int]] | None = None):
+        self.array, self.rows, self.block_size, self.bos, self.labels = array, rows, block_size, bos, labels
         self.only_predict_last, self.context = only_predict_last, context
         self.seq_len = int(np.prod(array.shape[1:])) + 1
         if block_size + 1 > self.seq_len:
@@ -282,22 +293,27 @@ class TokenWindows(Dataset):
         if self.context is not None:  # sparse window predicting the token after position q = start + block_size - 1
             pos = np.asarray(self.context(start + self.block_size))
             x, y = torch.from_numpy(full[pos]), torch.from_numpy(full[pos + 1])
-            return {"x": x, "y": y, "start": torch.from_numpy(pos), "row": row}
+            return self._labelled({"x": x, "y": y, "start": torch.from_numpy(pos), "row": row})
         seq = torch.from_numpy(full[start:start + self.block_size + 1])
         x, y = seq[:-1], seq[1:].clone()
         if self.only_predict_last:  # a growing prefix predicts one next token: loss on a random position only
             k = int(torch.randint(0, self.block_size, (), generator=g).item())
             y[:k] = -1
             y[k + 1:] = -1
-        return {"x": x, "y": y, "start": start, "row": row}
+        return self._labelled({"x": x, "y": y, "start": start, "row": row})
+
+    def _labelled(self, item: dict) -> dict:
+        if self.labels is not None:  # the multi-hot digit set of the item's video
+            item["labels"] = multi_hot(self.labels[item["row"]])
+        return item
 
 
 def token_splits(array: np.ndarray, val_fraction: float, block_size: int, bos: int, train_items: int, val_items: int,
-                 only_predict_last: bool = False, context=None) -> tuple[TokenWindows, TokenWindows]:
+                 only_predict_last: bool = False, context=None, labels=None) -> tuple[TokenWindows, TokenWindows]:
     """Train and val TokenWindows of a tokens array: the last val_fraction of its rows (at least one, when
     there are two or more) are held out for val/loss; a one-video file validates on its training row."""
     n_val = max(1, int(len(array) * val_fraction)) if len(array) > 1 else 0
     train_rows, val_rows = range(0, len(array) - n_val), range(len(array) - n_val, len(array))
-    train = TokenWindows(array, train_rows, block_size, bos, train_items, only_predict_last, context)
-    val = TokenWindows(array, val_rows or train_rows, block_size, bos, val_items, only_predict_last, context)
+    train = TokenWindows(array, train_rows, block_size, bos, train_items, only_predict_last, context, labels)
+    val = TokenWindows(array, val_rows or train_rows, block_size, bos, val_items, only_predict_last, context, labels)
     return train, val

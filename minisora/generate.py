@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from minisora.checkpoint import load_checkpoint
+from minisora.data import multi_hot
 from minisora.resolve import load_vae, resolve_checkpoint_path
 
 DIFFUSION, TOKEN_MODELS = ("latte", "stdit"), ("gpt", "mamba")
@@ -50,12 +51,11 @@ def generate_videos(module, n: int, batch_size: int = 8, seed: int = 0, sampler:
     euler | heun for rectified-flow ones (an epsilon sampler such as the default dpm++ becomes euler there,
     said once). y: None (a class-conditional model gets its null label), or a float multi-hot tensor (1, C)
     (the same prompt for every video) or (n, C) (one row per video); cfg_scale: classifier-free guidance
-    scale (1: none). Token models take temperature / top_k / top_p (None: the trained values; top_k 0 and
-    top_p 1 turn them off) and no y (batched KV-cache decoding: each step is cheap, a batch fills the matmuls)."""
+    scale (1: none). Token models take y and cfg_scale too (class-conditional GPTs; guidance on the logits)
+    and temperature / top_k / top_p (None: the trained values; top_k 0 and top_p 1 turn them off); batched
+    KV-cache decoding: each step is cheap, a batch fills the matmuls."""
     diffusion = is_diffusion(module)
     if y is not None:
-        if not diffusion:
-            raise ValueError("y (labels) is for class-conditional diffusion models, not token models")
         if y.dim() != 2 or y.shape[0] not in (1, n):
             raise ValueError(f"y must be a multi-hot tensor of shape (1, C) or ({n}, C), got {tuple(y.shape)}")
         if not num_classes(module):
@@ -67,19 +67,17 @@ def generate_videos(module, n: int, batch_size: int = 8, seed: int = 0, sampler:
     videos = []
     for i in range(0, n, batch_size):
         b = min(batch_size, n - i)
+        yb = None if y is None else (y.expand(b, -1) if y.shape[0] == 1 else y[i:i + b]).float()
         if diffusion:
-            yb = None if y is None else (y.expand(b, -1) if y.shape[0] == 1 else y[i:i + b]).float()
             z = module.sample_latents(b, sampler, steps, seed=seed + i, y=yb, use_ema=use_ema, cfg_scale=cfg_scale)
             videos.extend(module.vae.decode(z).cpu())
         else:
-            codes = module.sample_codes(b, seed=seed + i, temperature=temperature, top_k=top_k, top_p=top_p)
+            codes = module.sample_codes(b, seed=seed + i, temperature=temperature, top_k=top_k, top_p=top_p, y=yb,
+                                        cfg_scale=cfg_scale)
             videos.extend(module.vae.decode_codes(codes).cpu())
     return videos
 
 
-def multi_hot(label_sets: list[list[int]], classes: int, device="cpu") -> torch.Tensor:
+def label_prompts(label_sets: list[list[int]], classes: int, device="cpu") -> torch.Tensor:
     """(len(label_sets), classes) float multi-hot prompts."""
-    y = torch.zeros(len(label_sets), classes, device=device)
-    for i, labels in enumerate(label_sets):
-        y[i, list(labels)] = 1
-    return y
+    return torch.stack([multi_hot(s, classes) for s in label_sets]).to(device)

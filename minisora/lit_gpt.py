@@ -49,21 +49,26 @@ class LitLM(L.LightningModule):
             self.vae.to(self.device)
 
     def training_step(self, batch, batch_idx):
-        _, loss = self.model(batch["x"], start=batch["start"], targets=batch["y"])
+        _, loss = self.model(batch["x"], start=batch["start"], targets=batch["y"], **self._labels(batch))
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=len(batch["x"]))
         return loss
 
+    def _labels(self, batch) -> dict:
+        return {"y": batch["labels"]} if "labels" in batch and self.hparams.model_config.get("num_classes") else {}
+
     def validation_step(self, batch, batch_idx):
-        _, loss = self.model(batch["x"], start=batch["start"], targets=batch["y"])
+        _, loss = self.model(batch["x"], start=batch["start"], targets=batch["y"], **self._labels(batch))
         self.log("val/loss", loss, sync_dist=True, batch_size=len(batch["x"]))
 
     # ------------------------------------------------------------------------------ sample
     @torch.no_grad()
     def sample_codes(self, n: int, prompt_codes: torch.Tensor | None = None, seed: int = 0, use_cache: bool = True,
-                     temperature: float | None = None, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+                     temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
+                     y: torch.Tensor | None = None, cfg_scale: float = 1.0) -> torch.Tensor:
         """Generate whole code grids (n, t, h, w). prompt_codes (n, t0, h, w): continue real first frames.
         temperature / top_k / top_p: None = the values the model was trained with (its hparams); top_k 0 and
-        top_p 1 turn them off, temperature 0 is greedy."""
+        top_p 1 turn them off, temperature 0 is greedy. y (n, num_classes): label prompts (class-conditional
+        GPT; None: the null label), cfg_scale: classifier-free guidance on the logits."""
         h = self.hparams
         temperature = h.temperature if temperature is None else temperature
         top_k = h.top_k if top_k is None else (top_k or None)
@@ -76,8 +81,9 @@ class LitLM(L.LightningModule):
         was = self.model.training
         self.model.eval()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            kw = dict(y=y.to(self.device), cfg_scale=cfg_scale) if y is not None else {}
             seq = self.model.generate(prompt, total - prompt.shape[1], temperature, top_k, top_p, use_cache=use_cache,
-                                      allowed=h.n_codes, generator=g)
+                                      allowed=h.n_codes, generator=g, **kw)
         self.model.train(was)
         return seq[:, 1:].reshape(n, *grid)
 

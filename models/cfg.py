@@ -1,8 +1,10 @@
-"""Label conditioning and classifier-free guidance shared by the diffusion transformers (Latte, ST-DiT).
+"""Label conditioning and classifier-free guidance shared by the diffusion transformers (Latte, ST-DiT) and
+the GPT.
 
-A model using ClassConditioned has `self.config` (in_channels, num_classes) and `self.y_embed` (a
-models.layers.LabelEmbedder, or None when unconditional), and calls `self.condition(c, y)` on its timestep
-embedding c.
+A model using ClassConditioned has `self.config` (num_classes; in_channels for forward_with_cfg) and
+`self.y_embed` (a models.layers.LabelEmbedder, or None when unconditional), and calls `self.condition(c, y)` on
+its conditioning vector c (the diffusion models' timestep embedding; zeros for the GPT, whose label
+embedding is added to every token). The GPT guides its logits in generate().
 """
 from __future__ import annotations
 

@@ -15,7 +15,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from models.layers import GridPositions
+from models.cfg import ClassConditioned
+from models.layers import GridPositions, LabelEmbedder
 
 
 @dataclass
@@ -31,6 +32,8 @@ class GPTConfig:
     pos_emb: str = "3d"              # "3d": factorised t/h/w tables; "1d": one table over the whole video
     context_stride: int = 1          # > 1: sparse context window (see context_positions)
     context_dense: int = 32          # with context_stride > 1: the last tokens kept densely
+    num_classes: int = 0             # > 0: conditioned on a multi-hot label set (the digits present), CFG dropout
+    class_dropout: float = 0.1       # training: whole-prompt dropout to the null label (classifier-free guidance)
 
     def __post_init__(self):
         self.grid = tuple(int(g) for g in self.grid)
@@ -105,11 +108,13 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
-class GPT(nn.Module):
+class GPT(ClassConditioned, nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = c = config
         self.wte = nn.Embedding(c.vocab_size, c.n_embd)
+        # label prompt: one embedding of the label set added to every token, so every window sees it
+        self.y_embed = LabelEmbedder(c.num_classes, c.n_embd, c.class_dropout) if c.num_classes else None
         if c.pos_emb == "3d":
             self.pos3d = GridPositions(c.grid, c.n_embd)
             self.register_load_state_dict_pre_hook(_rename_legacy_positions)
@@ -142,10 +147,14 @@ class GPT(nn.Module):
         return self.pos(pos) if self.config.pos_emb == "1d" else self.pos3d(pos)
 
     def forward(self, idx: torch.Tensor, start: int | torch.Tensor = 0, targets: torch.Tensor | None = None,
-                caches: list | None = None):
+                caches: list | None = None, y: torch.Tensor | None = None):
         """idx (B, L) tokens whose first sits at sequence position `start` (int or (B,) tensor), or at
-        explicit positions `start` (B, L) (sparse context windows). Returns (logits (B, L, V), loss or None)."""
-        x = self.drop(self.wte(idx) + self.position(GridPositions.index(start, idx.shape[1], idx.device)))
+        explicit positions `start` (B, L) (sparse context windows); y (B, num_classes) multi-hot label sets of
+        a class-conditional model (None: the null label). Returns (logits (B, L, V), loss or None)."""
+        x = self.wte(idx) + self.position(GridPositions.index(start, idx.shape[1], idx.device))
+        if self.y_embed is not None:
+            x = x + self.condition(x.new_zeros(len(idx), x.shape[-1]), y)[:, None]
+        x = self.drop(x)
         for i, blk in enumerate(self.blocks):
             x = blk(x, None if caches is None else caches[i])
         logits = self.head(self.ln_f(x))
@@ -155,20 +164,33 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, use_cache: bool = True, allowed: int | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, y: torch.Tensor | None = None,
+                 cfg_scale: float = 1.0) -> torch.Tensor:
         """Continue `prompt` (B, L0), whose first token is sequence position 0 (BOS). Each prediction reads a
         training-like window of at most block_size tokens (re-anchored to its last half when full); with
         use_cache its keys are cached (amortised constant cost per token), without it every step recomputes
         the window (the reference: the same windows, the same logits). `allowed` restricts sampling to
-        tokens < allowed (codes)."""
+        tokens < allowed (codes). y (B, num_classes): label prompts of a class-conditional model; cfg_scale
+        != 1 guides the logits, uncond + scale * (cond - uncond), with a null-label twin of the batch."""
+        guide = y is not None and self.y_embed is not None and cfg_scale != 1.0
+        labels = torch.cat([y, self.null_label_like(y)]) if guide else y
+
+        def next_logits(x, start, caches=None):  # (B, V) logits of the last position, guided
+            if guide:
+                x, start = torch.cat([x, x]), torch.cat([start, start]) if torch.is_tensor(start) else start
+            out = self(x, start=start, caches=caches, y=labels)[0][:, -1].float()
+            if guide:
+                cond, uncond = out.chunk(2)
+                out = uncond + cfg_scale * (cond - uncond)
+            return out
+
         seq = prompt
         bs, stride = self.config.block_size, self.config.context_stride
         if stride > 1:  # sparse context: the strided part shifts every step, so no cache (as upstream)
             for _ in range(max_new_tokens):
-                pos = context_positions(seq.shape[1], bs, stride, self.config.context_dense)
-                pos_t = torch.tensor(pos, device=seq.device)
-                logits, _ = self(seq[:, pos_t], start=pos_t.expand(len(seq), -1))
-                seq = torch.cat([seq, sample_logits(logits[:, -1].float(), temperature, top_k, top_p, allowed, generator)], 1)
+                pos = torch.tensor(context_positions(seq.shape[1], bs, stride, self.config.context_dense), device=seq.device)
+                logits = next_logits(seq[:, pos], pos.expand(len(seq), -1))
+                seq = torch.cat([seq, sample_logits(logits, temperature, top_k, top_p, allowed, generator)], 1)
             return seq
         # Dense context: every prediction reads a window [anchor, now) of at most block_size tokens whose keys
         # were all computed inside that same window -- exactly a training window. When the window is full it
@@ -176,18 +198,16 @@ class GPT(nn.Module):
         # block_size - keep steps). A cache that merely slid would let a token see, through the earlier
         # layers' keys, further back than any training window (the old behaviour: next-token distributions
         # off by a total variation of 0.02-0.10 past the first window).
-        keep = max(1, bs // 2)
-        anchor = max(0, seq.shape[1] - bs)
+        keep, anchor, caches = max(1, bs // 2), max(0, seq.shape[1] - bs), None
 
         def window():  # full forward of the current window (fresh caches when decoding with them)
             nonlocal caches
             caches = [{"max": bs} for _ in self.blocks] if use_cache else None
-            return self(seq[:, anchor:], start=anchor, caches=caches)[0]
+            return next_logits(seq[:, anchor:], anchor, caches)
 
-        caches = None
         logits = window()
         for _ in range(max_new_tokens):
-            nxt = sample_logits(logits[:, -1].float(), temperature, top_k, top_p, allowed, generator)
+            nxt = sample_logits(logits, temperature, top_k, top_p, allowed, generator)
             seq = torch.cat([seq, nxt], 1)
             if seq.shape[1] - prompt.shape[1] >= max_new_tokens:
                 break
@@ -195,7 +215,7 @@ class GPT(nn.Module):
                 anchor = seq.shape[1] - keep
                 logits = window()
             elif use_cache:
-                logits, _ = self(nxt, start=seq.shape[1] - 1, caches=caches)
+                logits = next_logits(nxt, seq.shape[1] - 1, caches)
             else:
                 logits = window()
         return seq
