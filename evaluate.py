@@ -32,10 +32,11 @@ import torch
 
 from minisora.cli import add_bad_video_arg
 from minisora.data import VideoDataset, load_labels, to_model_range
-from minisora.evaluation import (FMD, DigitCNN, FeatureNet, colour_error, fd_with_ci, i3d_features, prompt_accuracy,
-                                 to_float, train_digit_classifier, train_feature_net, video_metrics)
-from minisora.generate import generate_videos, load_generator, label_prompts, num_classes
-from minisora.video_io import list_videos, read_video, to_uint8_frames
+from minisora.evaluation import (FMD, DigitCNN, FeatureNet, colour_error, continuation_metrics, copy_last_frame,
+                                 fd_with_ci, i3d_features, prompt_accuracy, to_float, train_digit_classifier,
+                                 train_feature_net, video_metrics)
+from minisora.generate import continue_videos, generate_videos, load_generator, label_prompts, num_classes
+from minisora.video_io import list_videos, read_video, save_video_grid, to_uint8_frames
 
 COLUMNS = ["videos", "FMD", "legibility", "legible_per_frame", "digits_per_frame", "mean_speed_px", "motion_residual_px",
            "identity_switch_rate", "chroma", "hue_consistency", "hue_spread", "prompt_accuracy", "colour_error", "FVD",
@@ -82,6 +83,10 @@ def main(argv=None):
     p.add_argument("--prompted", action="store_true",
                    help="class-conditional checkpoint: also sample one video per val video, prompted with its digits, "
                         "and report prompt accuracy")
+    p.add_argument("--continuation", type=int, default=0, metavar="K",
+                   help="next-token checkpoint: also continue each real val video from its first K frames (a multiple "
+                        "of the VAE's temporal stride; only those are encoded) and score the generated frames "
+                        "against the real ones, beside a copy-the-last-given-frame baseline")
     p.add_argument("--cfg_scale", type=float, default=2.0, help="classifier-free guidance scale of --prompted samples")
     p.add_argument("--sampler", default="dpm++")
     p.add_argument("--steps", type=int, default=25)
@@ -95,8 +100,8 @@ def main(argv=None):
     p.add_argument("--output", default=None, help="JSON results (default <cache_dir>/results_<name>.json)")
     p.add_argument("--track", action="store_true", help="log the results to wandb")
     a = p.parse_args(argv)
-    if a.prompted and not a.checkpoint:
-        sys.exit("error: --prompted samples from a --checkpoint")
+    if (a.prompted or a.continuation) and not a.checkpoint:
+        sys.exit("error: --prompted / --continuation sample from a --checkpoint")
     t0 = time.time()
     common = dict(dataset=a.dataset, data_dir=a.data_dir, sequence_length=a.sequence_length, as_uint8=True,
                   on_error=a.on_bad_video)
@@ -191,9 +196,28 @@ def main(argv=None):
             if c == "FMD" and v is not None:
                 cells[-1] += f" [{r['FMD_90ci'][0]:.3g}, {r['FMD_90ci'][1]:.3g}] (floor {r['FMD_floor']:.3g}, n={r['FMD_n']})"
         print(f"| {label} | " + " | ".join(cells) + " |")
+    continuation = {}
+    if a.continuation:
+        try:
+            cont = continue_videos(module, to_model_range(torch.from_numpy(real_val).permute(0, 4, 1, 2, 3)),
+                                   a.continuation, seed=a.seed)
+        except ValueError as e:
+            sys.exit(f"error: {e}")
+        cont = np.stack([to_uint8_frames(v) for v in cont])
+        continuation = {"model": continuation_metrics(real_val, cont, a.continuation, clf),
+                        "copy last given frame": continuation_metrics(real_val, copy_last_frame(real_val, a.continuation),
+                                                                      a.continuation, clf),
+                        "real": continuation_metrics(real_val, real_val, a.continuation, clf)}
+        cols = ["PSNR", "SSIM", "legible_per_frame", "mean_speed_px", "class_kept", "chroma"]
+        print(f"\n[evaluate] continuation: {len(real_val)} val videos, the first {a.continuation} frames given, frames "
+              f"{a.continuation}..{real_val.shape[1] - 1} scored\n\n| continuation | " + " | ".join(cols) + " |\n|---|"
+              + "---|" * len(cols))
+        for label, r in continuation.items():
+            print(f"| {label} | " + " | ".join(f"{r[c]:.4g}" for c in cols) + " |")
+        save_video_grid(list(to_float(cont[:8])), cache / f"continuation_{name}.mp4", fps=5)
     out = Path(a.output) if a.output else cache / f"results_{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(a), "results": results}, indent=1))
+    out.write_text(json.dumps({"args": vars(a), "results": results, "continuation": continuation}, indent=1))
     print(f"\n[evaluate] {time.time() - t0:.0f}s; results: {out}")
     if a.track:
         import wandb

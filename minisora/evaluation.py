@@ -475,6 +475,31 @@ def prompt_accuracy(videos: np.ndarray, prompts, classifier: DigitCNN, conf: flo
     return float(np.mean([track_classes(v, classifier, conf) == set(map(int, p)) for v, p in zip(videos, prompts)]))
 
 
+def copy_last_frame(real: np.ndarray, given: int) -> np.ndarray:
+    """The continuation baseline: the first `given` frames, then the last given frame held still."""
+    return np.concatenate([real[:, :given], np.repeat(real[:, given - 1:given], real.shape[1] - given, 1)], 1)
+
+
+def continuation_metrics(real: np.ndarray, continued: np.ndarray, given: int, classifier: DigitCNN,
+                         conf: float = 0.9) -> dict:
+    """Scores of continuations: `continued` (N, T, H, W, 3) uint8 holds the first `given` real frames, then a
+    model's. Only frames >= given count: PSNR / SSIM against the real continuation (averaged, and per frame
+    in `psnr_per_frame`), what video_metrics reads in them (legibility, digit speed, ...), and class_kept: the
+    fraction of videos whose legible digits in the given frames (>= 2 legible detections a track) are exactly
+    the legible digits of the continuation (videos with none legible in the given frames are left out)."""
+    from minisora.metrics import psnr, ssim
+
+    r, c = to_float(real[:, given:]), to_float(continued[:, given:])
+    per_frame = [float(psnr(c[:, :, t], r[:, :, t]).mean()) for t in range(r.shape[2])]
+    before = [track_classes(v[:given], classifier, conf, min_legible=min(2, given)) for v in real]
+    keep = [i for i, b in enumerate(before) if b]
+    out = {"PSNR": float(psnr(c, r).mean()), "SSIM": float(ssim(c, r).mean()), "psnr_per_frame": per_frame,
+           **video_metrics(continued[:, given:], classifier, conf),
+           "class_kept": prompt_accuracy(continued[keep, given:], [before[i] for i in keep], classifier, conf)
+           if keep else float("nan")}
+    return out
+
+
 def colour_error(real: np.ndarray, recon: np.ndarray, threshold: int = FG_THRESHOLD, min_area: int = 6) -> float:
     """Mean over digits (foreground components of >= min_area px of each real frame) of the Euclidean distance
     between the mean RGB (0-255) of the reconstruction and of the real video over the digit's pixels."""

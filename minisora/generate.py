@@ -78,6 +78,30 @@ def generate_videos(module, n: int, batch_size: int = 8, seed: int = 0, sampler:
     return videos
 
 
+@torch.no_grad()
+def continue_videos(module, real: torch.Tensor, given: int, batch_size: int = 8, seed: int = 0,
+                    temperature: float | None = None, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    """Continuations of real videos (N, 3, T, H, W) in [-1, 1] by a next-token model: only the first `given`
+    frames (a multiple of the VAE's temporal stride) are encoded -- nothing of the future leaks through a
+    non-causal encoder -- and the model generates the rest of the code grid. Returns (N, 3, T, H, W) on the
+    CPU: the given frames exactly as they were, then the decoded continuation."""
+    if is_diffusion(module):
+        raise ValueError("continuation needs a next-token model (GPT / Mamba checkpoint); diffusion models here "
+                         "generate whole clips")
+    vae, stride = module.vae, module.vae.temporal_stride
+    if given <= 0 or given % stride or given >= real.shape[2]:
+        raise ValueError(f"--continuation {given}: must be a positive multiple of the VAE's temporal stride "
+                         f"({stride}) below the clip length ({real.shape[2]})")
+    out = []
+    for i in range(0, len(real), batch_size):
+        x = real[i:i + batch_size].to(vae.device)
+        codes = vae.encode_codes(x[:, :, :given])
+        full = module.sample_codes(len(x), codes, seed=seed + i, temperature=temperature, top_k=top_k, top_p=top_p)
+        video = vae.decode_codes(full.to(vae.device)).float().clamp(-1, 1)
+        out.append(torch.cat([x[:, :, :given], video[:, :, given:]], 2).cpu())
+    return torch.cat(out)
+
+
 def label_prompts(label_sets: list[list[int]], classes: int, device="cpu") -> torch.Tensor:
     """(len(label_sets), classes) float multi-hot prompts."""
     return torch.stack([multi_hot(s, classes) for s in label_sets]).to(device)

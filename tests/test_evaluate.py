@@ -252,3 +252,42 @@ def test_evaluate_prompted_and_vae(tiny_data, tmp_path, monkeypatch, classifier)
     for k in METRICS | {"prompt_accuracy", "FMD", "FMD_floor"}:
         assert prompted[k] == pytest.approx(real[k], nan_ok=True), k
     assert rec["colour_error"] == 0 and rec["PSNR"] > 60 and rec["legibility"] == pytest.approx(real["legibility"])
+
+
+def test_continuation_scores_only_the_generated_frames(real, classifier, real_metrics):
+    """The given frames are excluded from the scores; the real continuation is perfect; holding the last given
+    frame still (the baseline) scores a digit speed of ~0 against real's, and keeps the given digits' classes."""
+    from minisora.evaluation import continuation_metrics, copy_last_frame
+    perfect = continuation_metrics(real, real, 4, classifier)
+    assert perfect["SSIM"] > 0.999 and perfect["PSNR"] > 60 and len(perfect["psnr_per_frame"]) == 12
+    scrambled = real.copy()
+    scrambled[:, :4] = 255 - scrambled[:, :4]  # other given frames: the scores must not move
+    assert continuation_metrics(real, scrambled, 4, classifier)["PSNR"] == perfect["PSNR"]
+    still = continuation_metrics(real, copy_last_frame(real, 4), 4, classifier)
+    assert still["mean_speed_px"] < 0.2 * real_metrics["mean_speed_px"] and still["PSNR"] < perfect["PSNR"]
+    assert still["class_kept"] >= 0.5 and np.all(copy_last_frame(real, 4)[:, 4:] == real[:, 3:4])
+
+
+def test_continue_videos_encodes_only_the_given_frames(tiny_vaes, real):
+    """continue_videos: the token model sees the codes of the given frames only; the output keeps those frames
+    exactly and has the clip's length; diffusion models and bad K are refused."""
+    import types
+
+    from minisora.data import to_model_range
+    from minisora.generate import continue_videos
+    from minisora.resolve import load_vae
+    vae = load_vae(str(tiny_vaes["vq"]))
+    seen = []
+
+    def sample_codes(n, prompt_codes, seed=0, **kw):
+        seen.append(prompt_codes.shape)
+        rest = torch.randint(0, vae.n_codes, (n, 4 - prompt_codes.shape[1], *prompt_codes.shape[2:]))
+        return torch.cat([prompt_codes, rest], 1)
+    module = types.SimpleNamespace(vae=vae, sample_codes=sample_codes)
+    x = to_model_range(torch.from_numpy(real[:3]).permute(0, 4, 1, 2, 3))
+    out = continue_videos(module, x, 4)
+    assert out.shape == x.shape and torch.equal(out[:, :, :4], x[:, :, :4]) and seen == [(3, 1, 16, 16)]
+    with pytest.raises(ValueError, match="multiple of the VAE's temporal stride"):
+        continue_videos(module, x, 6)
+    with pytest.raises(ValueError, match="next-token model"):
+        continue_videos(types.SimpleNamespace(vae=vae, sample_latents=None), x, 4)

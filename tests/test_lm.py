@@ -1,5 +1,6 @@
 """GPT / Mamba on VQ codes: KV cache == recompute, causality, overfit, seed commands, checkpoint -> sample, resume."""
 import functools
+import json
 import csv
 
 import pytest
@@ -289,8 +290,9 @@ def test_prompted_gpt_generates_the_prompted_sequence():
     assert torch.equal(swapped, seqs.flip(0))  # the label, not the batch row, decides
 
 
-def test_class_conditional_gpt_script_and_prompted_sampling(tiny_stage_files, tmp_path):
-    """--class_conditional trains on the tokens' source labels; sample.py --prompts/--cfg_scale works for it."""
+def test_class_conditional_gpt_script_and_prompted_sampling(tiny_stage_files, tiny_data, tmp_path):
+    """--class_conditional trains on the tokens' source labels; sample.py --prompts/--cfg_scale works for it;
+    evaluate.py --continuation scores its continuations of real val videos beside the copy-last-frame baseline."""
     run("train_latent_nanogpt.py", ["--tokens_input_file", tiny_stage_files["tokens"], *TINY_LM, "--block_size", "64",
                                     "--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--class_conditional",
                                     "--output_dir", tmp_path, "--run_name", "c"], tmp_path)
@@ -299,3 +301,9 @@ def test_class_conditional_gpt_script_and_prompted_sampling(tiny_stage_files, tm
     out = run("sample.py", ["--checkpoint", ck, "--num_videos", 2, "--prompts", "3,7", "1", "--cfg_scale", 2,
                             "--output_dir", tmp_path / "smp"], tmp_path)
     assert (tmp_path / "smp/grid.gif").exists() and "2 videos" in out.stdout
+    run("evaluate.py", ["--dataset", "tiny", "--data_dir", tiny_data, "--checkpoint", ck, "--continuation", 4,
+                        "--resolution", 32, "--sequence_length", 8, "--num_videos", 0, "--num_fmd", 4, "--feature_steps", 5,
+                        "--cache_dir", tmp_path / "ev", "--output", tmp_path / "ev.json"], tmp_path)
+    cont = json.loads((tmp_path / "ev.json").read_text())["continuation"]
+    assert set(cont) == {"model", "copy last given frame", "real"} and len(cont["model"]["psnr_per_frame"]) == 4
+    assert cont["real"]["SSIM"] > 0.999 and cont["copy last given frame"]["mean_speed_px"] < cont["real"]["mean_speed_px"]
