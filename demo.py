@@ -143,7 +143,7 @@ def main(argv=None):
     evals = [("ST-DiT (rf)", out / "results.json",
               ["--checkpoint", dit, "--prompted", "--cfg_scale", CFG_SCALE, "--sampler", SAMPLER, "--steps", STEPS, "--vae", vae])]
     if a.with_gpt:
-        evals.append(("GPT", out / "results_gpt.json", ["--checkpoint", gpt, "--vae", vq]))
+        evals.append(("GPT", out / "results_gpt.json", ["--checkpoint", gpt, "--vae", vq, "--continuation", 4]))
     for label, res, args in evals:
         run(f"6/6 evaluate {label}", ["evaluate.py", "--dataset", a.name, "--num_fmd", n_eval, "--num_videos", n_eval,
                                       *args, "--output", res, *tiny_eval], res)
@@ -168,7 +168,8 @@ def main(argv=None):
           f"  samples:         {out / 'samples'}/grid.gif, grid.mp4, 000.mp4 ... (prompts: {' '.join(prompts)})\n"
           f"  evaluation:      {out / 'results.json'}")
     if a.with_gpt:
-        print(f"  GPT samples:     {gpt.parent.parent / 'samples'}")
+        print(f"  GPT samples:     {gpt.parent.parent / 'samples'}\n"
+              f"  GPT continuations (first 4 frames given): {WORK / 'runs/evaluate/continuation_demo_gpt.gif'}")
 
 
 if __name__ == "__main__":

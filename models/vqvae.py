@@ -307,7 +307,8 @@ class FiniteScalarQuantizer(nn.Module):
     """Finite scalar quantization (FSQ, Mentzer et al. 2023): latent channel i is squashed by a tanh into a
     range that rounds to exactly levels[i] integers, and rounded (straight-through gradient); a code is the
     mixed-radix number of the channels' values, prod(levels) codes in all. There is no codebook to learn, so
-    no code can die: no commitment loss, EMA or re-seeding. Quantized vectors lie in [-1, 1] per channel."""
+    no code can die: no commitment loss, EMA or re-seeding (only a range term, see forward). Quantized vectors
+    lie in [-1, 1] per channel."""
 
     def __init__(self, levels: tuple[int, ...], eps: float = 1e-3):
         super().__init__()
@@ -349,13 +350,18 @@ class FiniteScalarQuantizer(nn.Module):
         return 0  # nothing to re-seed: every code is a fixed point of the grid
 
     def forward(self, z: torch.Tensor) -> dict:
-        """z (B, E, t, h, w) -> dict(quantized (straight-through), codes, loss (0), perplexity, counts)."""
+        """z (B, E, t, h, w) -> dict(quantized (straight-through), codes, loss, perplexity, counts).
+
+        loss keeps the pre-activations where the tanh still has a gradient (|z| <= 3, tanh 0.995): without it
+        Adam, which normalises even a vanishing gradient to a full step, drove every channel of a demo
+        tokenizer to |z| ~ 8 within 128 steps -- one code for every position (0.1% usage, PSNR 21.8)."""
         q = self._round(z.movedim(1, -1))
         codes = self._codes(q)
         counts = torch.bincount(codes.flatten(), minlength=self.n_codes).float()
         p = counts / counts.sum()
         perplexity = torch.exp(-(p * torch.log(p.clamp_min(1e-10))).sum())
-        return dict(quantized=(q / self.radius).movedim(-1, 1).to(z.dtype), codes=codes, loss=z.new_zeros(()),
+        loss = F.relu(z.float().abs() - 3.0).pow(2).mean()
+        return dict(quantized=(q / self.radius).movedim(-1, 1).to(z.dtype), codes=codes, loss=loss,
                     perplexity=perplexity, counts=counts)
 
 

@@ -331,7 +331,7 @@ def test_fsq_codes_round_trip_reach_every_level_and_pass_gradients():
     out = q(z)
     assert torch.equal(q.codes_to_vectors(out["codes"]), out["quantized"])
     assert torch.equal(q.vectors_to_codes(z), out["codes"])
-    assert out["quantized"].abs().max() <= 1 and float(out["loss"]) == 0
+    assert out["quantized"].abs().max() <= 1 and float(out["loss"]) > 0 and float(q(z.clamp(-3, 3))["loss"]) == 0
     g = torch.linspace(-6, 6, 61)
     sweep = torch.stack(torch.meshgrid(g, g, g, indexing="ij")).reshape(3, -1)[None, :, None, None, :]
     assert torch.equal(torch.unique(q.vectors_to_codes(sweep)), torch.arange(60))  # all 3 * 4 * 5 codes
