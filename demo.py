@@ -6,7 +6,7 @@
   4. train a digit-conditioned ST-DiT with rectified flow          -> runs/iddpm/demo_dit/
   5. sample videos prompted with val videos' digits (Euler, CFG)   -> runs/demo/samples/grid.gif
   6. evaluate samples and VAE reconstructions against real videos  -> runs/demo/results.json
-  (--with_gpt adds a VQ-VAE, tokens and a GPT, sampled and evaluated too)
+  (--with_gpt adds a VQ-VAE, tokens and a digit-conditioned GPT, sampled, prompted, continued and evaluated)
 
     bash train.sh python demo.py                   # or: python demo.py --minutes 10 (shorter training)
 
@@ -135,7 +135,7 @@ def main(argv=None):
         # block 320 = one latent frame (16x16) + 4 rows: every token sees its neighbourhood in the previous frame
         run("+ GPT", ["train_latent_nanogpt.py", "--tokens_input_file", tokens, "--block_size", 320, "--n_layer", 4,
                       "--n_head", 4, "--n_embd", 256, "--dropout", 0.0, "--batch_size", 16, "--learning_rate", 1e-3,
-                      "--max_iters", 100000, "--lr_decay_iters", 3000, "--min_lr", 1e-4,
+                      "--max_iters", 100000, "--lr_decay_iters", 3000, "--min_lr", 1e-4, "--class_conditional",
                       "--max_time", hms(a.minutes - vae_minutes), "--eval_interval", 200, "--eval_iters", 4,
                       "--sample_interval", 0, "--num_workers", 1, "--run_name", "demo_gpt", *tiny_gpt], gpt, resumable=True)
     n_eval = 8 if a.tiny else a.eval_videos
@@ -143,7 +143,8 @@ def main(argv=None):
     evals = [("ST-DiT (rf)", out / "results.json",
               ["--checkpoint", dit, "--prompted", "--cfg_scale", CFG_SCALE, "--sampler", SAMPLER, "--steps", STEPS, "--vae", vae])]
     if a.with_gpt:
-        evals.append(("GPT", out / "results_gpt.json", ["--checkpoint", gpt, "--vae", vq, "--continuation", 4]))
+        evals.append(("GPT", out / "results_gpt.json", ["--checkpoint", gpt, "--vae", vq, "--continuation", 4, "--prompted",
+                                                        "--cfg_scale", CFG_SCALE]))
     for label, res, args in evals:
         run(f"6/6 evaluate {label}", ["evaluate.py", "--dataset", a.name, "--num_fmd", n_eval, "--num_videos", n_eval,
                                       *args, "--output", res, *tiny_eval], res)
