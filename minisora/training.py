@@ -140,9 +140,12 @@ def start_run(a, script: str) -> Path:
         ck = Path(a.resume_from)
         if a.run_name is None and ck.parent.name == "checkpoints" and ck.parent.parent.parent.name == script:
             a.run_name, a.output_dir = ck.parent.parent.name, str(ck.parent.parent.parent.parent)
-    name = a.run_name or time.strftime("%Y%m%d-%H%M%S")
+    # DDP re-launches this script for the other ranks, which inherit the environment: one timestamp for all
+    inherited = None if _is_rank_zero() else os.environ.get("MINISORA_RUN_NAME")
+    name = a.run_name or inherited or time.strftime("%Y%m%d-%H%M%S")
+    os.environ["MINISORA_RUN_NAME"] = a.run_name = name
     d = Path(a.output_dir) / script / name
-    if not a.resume_from and any((d / "checkpoints").glob("*.ckpt")):
+    if not a.resume_from and _is_rank_zero() and any((d / "checkpoints").glob("*.ckpt")):
         raise SystemExit(f"error: {d} holds another run's checkpoints. Continue it with --resume_from "
                          f"{d / 'checkpoints' / 'last.ckpt'}, or pick another --run_name")
     (d / "samples").mkdir(parents=True, exist_ok=True)

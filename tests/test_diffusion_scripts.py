@@ -132,10 +132,12 @@ def test_train_dit_seed_command_sd_vae(tiny_data, tmp_path):
 
 def test_iddpm_two_process_ddp(tiny_vaes, tiny_stage_files, tmp_path):
     args = _fmt(SEED_IDDPM[0], kl=tiny_vaes["kl"], latents=tiny_stage_files["latents"])
-    run("iddpm.py", args + TINY_STDIT + ["--output_dir", tmp_path, "--run_name", "ddp", "--accelerator", "cpu",
-                                         "--devices", "2", "--sample_every", "0", "--max_steps", "-1", "--epochs", "1"], tmp_path)
+    run("iddpm.py", args + TINY_STDIT + ["--output_dir", tmp_path, "--accelerator", "cpu", "--devices", "2",
+                                         "--sample_every", "0", "--max_steps", "-1", "--epochs", "1"], tmp_path)
+    runs = list((tmp_path / "iddpm").iterdir())  # the default (timestamp) run name is shared by both ranks
+    assert len(runs) == 1
     # one epoch of the 12 latents rows sharded over 2 ranks at batch 2: 3 optimizer steps (6 on one process)
-    assert torch.load(tmp_path / "iddpm/ddp/checkpoints/last.ckpt", weights_only=True)["global_step"] == 3
+    assert torch.load(runs[0] / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 3
 
 
 def test_iddpm_rectified_flow(tiny_vaes, tiny_stage_files, tmp_path):
