@@ -249,7 +249,9 @@ def checkpoint_callback(**kw):
             if not self.stop_saved:
                 super().on_train_end(trainer, pl_module)
 
-    return StopCheckpoint(save_last=True, **kw)
+    # one run per folder: a resumed run overwrites its files (Lightning's version counter wrote last-v1.ckpt
+    # beside a stale last.ckpt when the resumed run's checkpoint settings differed from the first run's)
+    return StopCheckpoint(save_last=True, enable_version_counter=False, **kw)
 
 
 def _rng_callback():

@@ -93,8 +93,9 @@ def test_driver_checkpoints_at_stop_and_resume_keeps_metrics_history(tmp_path, r
         start_run(_args(tmp_path, "--run_name", "r"), "tiny")
     b = _args(tmp_path, "--max_steps", 7, "--resume_from", ck / "step002.ckpt")
     assert start_run(b, "tiny") == out and b.run_name == "r"
-    fit(b, Logs(), data, out=out, script="tiny", checkpoints=dict(every_n_train_steps=2, filename="step{step:03d}",
+    fit(b, Logs(), data, out=out, script="tiny", checkpoints=dict(every_n_train_steps=3, filename="step{step:03d}",
                                                                   save_top_k=-1), enable_progress_bar=False)
+    assert not list(ck.glob("*-v*.ckpt"))  # other checkpoint settings on resume: still last.ckpt, no last-v1.ckpt
     rows = _steps(out / "metrics.csv")
     assert [s for s, _ in rows] == list(range(7))      # every step once: history up to 2 kept, then the resumed run
     assert rows[:2] == first[:2]                        # the rows before the checkpoint are the first run's own
