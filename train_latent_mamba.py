@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from minisora.cli import add_lm_args, add_run_args
-from minisora.data import token_splits
+from minisora.data import NUM_DIGITS, stage_labels, token_splits
 from minisora.lit_gpt import LitLM
 from minisora.resolve import load_stage_and_vae
 from minisora.training import fit, start_run
@@ -33,17 +33,17 @@ def main(argv=None, script: str = "train_latent_mamba"):
     add_run_args(p, project="flying_mnist")
     p.set_defaults(eval_interval=100, eval_iters=20, sample_every=1000, min_lr=1e-5, weight_decay=0.01)
     a = p.parse_args(argv)
-    if a.class_conditional:
-        sys.exit("error: --class_conditional is implemented for the GPT scripts, not yet for Mamba")
     try:
         arr, meta, vae = load_stage_and_vae(a.tokens_input_file, "tokens", a.vae, script)
         n_codes = meta.get("n_codes") or vae.n_codes
         train, val = token_splits(arr, a.val_fraction, a.block_size, n_codes, a.eval_interval * a.batch_size *
-                                  a.accumulate_grad_batches, a.eval_iters * a.batch_size)
+                                  a.accumulate_grad_batches, a.eval_iters * a.batch_size,
+                                  labels=stage_labels(meta) if a.class_conditional else None)
     except (ValueError, FileNotFoundError, ConnectionError) as e:
         sys.exit(f"error: {e}")
     cfg = dict(vocab_size=n_codes + 1, d_model=a.n_embed, n_layer=a.n_layer, d_state=a.d_state, d_conv=a.d_conv,
-               expand=a.expand, use_kernels=not a.no_kernels, grid=list(arr.shape[1:]), block_size=a.block_size)
+               expand=a.expand, use_kernels=not a.no_kernels, grid=list(arr.shape[1:]), block_size=a.block_size,
+               num_classes=NUM_DIGITS if a.class_conditional else 0)
     out = start_run(a, script)
     module = LitLM.from_flags(a, "mamba", cfg, n_codes, arr, vae, str(out / "samples"), val.rows)
     fit(a, module, train, val, out=out, script=script, checkpoints=LitLM.checkpoints)

@@ -127,7 +127,7 @@ def add_lm_args(p: argparse.ArgumentParser) -> None:
     d.add_argument("--val_fraction", type=float, default=0.05, help="last fraction of rows held out for val/loss")
     d.add_argument("--block_size", type=int, default=1024, help="tokens per training window")
     d.add_argument("--class_conditional", action="store_true",
-                   help="GPT: condition on the digits present (the tokens' source metadata), whole-prompt dropout 0.1 "
+                   help="GPT / Mamba: condition on the digits present (the tokens' source metadata), whole-prompt dropout 0.1 "
                         "for classifier-free guidance (sample.py --labels 3 7 --cfg_scale 2)")
     t = p.add_argument_group("evaluation and schedule (nanoGPT flags)")
     t.add_argument("--eval_interval", type=int, default=250, help="optimizer steps between val/loss evaluations")

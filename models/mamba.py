@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.layers import GridPositions
+from models.cfg import ClassConditioned
+from models.layers import GridPositions, LabelEmbedder
 
 
 @dataclass
@@ -29,6 +30,8 @@ class MambaConfig:
     grid: tuple[int, int, int] | None = None   # code grid (t, h, w): absolute positions (None: none, legacy)
     block_size: int = 0             # training window: generation restarts its state within windows this long
                                     # (0: one unbounded recurrence, legacy)
+    num_classes: int = 0            # > 0: conditioned on a multi-hot label set (as models.gpt), CFG dropout
+    class_dropout: float = 0.1
 
     @property
     def d_inner(self) -> int:
@@ -145,10 +148,11 @@ def _kernels():
     return _KERNEL
 
 
-class MambaLM(nn.Module):
+class MambaLM(ClassConditioned, nn.Module):
     def __init__(self, config: MambaConfig):
         super().__init__()
         self.config = c = config
+        self.y_embed = LabelEmbedder(c.num_classes, c.d_model, c.class_dropout) if c.num_classes else None
         v = math.ceil(c.vocab_size / c.pad_vocab_multiple) * c.pad_vocab_multiple
         self.wte = nn.Embedding(v, c.d_model)
         nn.init.normal_(self.wte.weight, std=0.02)
@@ -162,13 +166,15 @@ class MambaLM(nn.Module):
         self.head = nn.Linear(c.d_model, v, bias=False)
         self.head.weight = self.wte.weight
 
-    def forward(self, idx, start=0, targets=None, states: list | None = None):
+    def forward(self, idx, start=0, targets=None, states: list | None = None, y: torch.Tensor | None = None):
         """Same interface as models.gpt.GPT: idx (B, L) whose first token sits at sequence position `start`
         (absolute (t, h, w) positions when the config has a grid: a training window starts at any offset
         from a zero state, and so does each generation window)."""
         x = self.wte(idx)
         if self.pos3d is not None:
             x = x + self.pos3d(GridPositions.index(start, idx.shape[1], idx.device))
+        if self.y_embed is not None:  # the label set's embedding on every token (see models.gpt)
+            x = x + self.condition(x.new_zeros(len(idx), x.shape[-1]), y)[:, None]
         for i, blk in enumerate(self.blocks):
             x = blk(x, None if states is None else states[i])
         logits = self.head(self.norm_f(x))[..., :self.config.vocab_size]
@@ -177,12 +183,23 @@ class MambaLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, prompt, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True, allowed=None,
-                 generator=None):
+                 generator=None, y=None, cfg_scale: float = 1.0):
         """Recurrent generation (each new token costs O(1)). With config.block_size, every prediction reads a
         window of at most block_size tokens fed from a zero state, as in training: when the window is full it
         restarts from its last half (block_size // 2 tokens fed again). use_cache is accepted for the GPT
-        interface (the recurrent state is the cache)."""
+        interface (the recurrent state is the cache). y / cfg_scale: label prompts and guidance on the logits,
+        as models.gpt.GPT.generate."""
         from models.gpt import sample_logits
+
+        guide = y is not None and self.y_embed is not None and cfg_scale != 1.0
+        labels = torch.cat([y, self.null_label_like(y)]) if guide else y
+
+        def step(token, pos, states):  # (B, V) guided logits after feeding one token
+            out = self(torch.cat([token, token]) if guide else token, start=pos, states=states, y=labels)[0][:, -1]
+            if guide:
+                cond, uncond = out.float().chunk(2)
+                return uncond + cfg_scale * (cond - uncond)
+            return out.float()
 
         bs = self.config.block_size
         seq, anchor = prompt, max(0, prompt.shape[1] - bs) if bs else 0
@@ -190,16 +207,16 @@ class MambaLM(nn.Module):
         def window():  # the window's tokens fed from zero states: (logits of its last token, states)
             states = [{} for _ in self.blocks]
             for i in range(anchor, seq.shape[1]):
-                logits, _ = self(seq[:, i:i + 1], start=i, states=states)
+                logits = step(seq[:, i:i + 1], i, states)
             return logits, states
 
         logits, states = window()
         for _ in range(max_new_tokens):
-            nxt = sample_logits(logits[:, -1].float(), temperature, top_k, top_p, allowed, generator)
+            nxt = sample_logits(logits, temperature, top_k, top_p, allowed, generator)
             seq = torch.cat([seq, nxt], 1)
             if bs and seq.shape[1] - anchor > bs:
                 anchor = seq.shape[1] - max(1, bs // 2)
                 logits, states = window()
             else:
-                logits, _ = self(nxt, start=seq.shape[1] - 1, states=states)
+                logits = step(nxt, seq.shape[1] - 1, states)
         return seq

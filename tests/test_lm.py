@@ -267,12 +267,15 @@ def test_nanogpt_mamba_switch_runs_the_mamba_trainer(tiny_stage_files, tmp_path)
     assert bad.returncode != 0 and "--sparse_context_window" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_prompted_gpt_generates_the_prompted_sequence():
-    """A tiny class-conditional GPT overfit on two videos, told apart only by their label sets: prompted with a
-    label set it generates that set's video (greedy, with and without guidance); the null label is trained too."""
+@pytest.mark.parametrize("kind", ["gpt", "mamba"])
+def test_prompted_model_generates_the_prompted_sequence(kind):
+    """A tiny class-conditional GPT / Mamba overfit on two videos, told apart only by their label sets: prompted
+    with a label set it generates that set's video (greedy, with and without guidance)."""
     torch.manual_seed(0)
     m = GPT(GPTConfig(vocab_size=33, grid=(1, 2, 4), block_size=8, n_layer=2, n_head=2, n_embd=32, dropout=0.0,
-                      num_classes=10))
+                      num_classes=10)) if kind == "gpt" else \
+        MambaLM(MambaConfig(vocab_size=33, d_model=32, n_layer=2, grid=(1, 2, 4), block_size=8, num_classes=10,
+                            use_kernels=False))
     seqs = torch.tensor([[32, 1, 2, 3, 4, 5, 6, 7, 8], [32, 8, 7, 6, 5, 4, 3, 2, 1]])
     y = torch.zeros(2, 10)
     y[0, 3] = y[1, [0, 7]] = 1
