@@ -11,6 +11,20 @@ from __future__ import annotations
 import torch
 
 
+def guide(twins: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance of a batch [conditional; unconditional] (twins along dim 0):
+    uncond + scale * (cond - uncond). Every model's guidance (diffusion outputs, token logits) goes through here."""
+    cond, uncond = twins.chunk(2)
+    return uncond + scale * (cond - uncond)
+
+
+def reanchor(length: int, anchor: int, block: int) -> int:
+    """Start of the window a next-token model reads to predict position `length`, given the current `anchor`:
+    unchanged while the window [anchor, length) fits in `block` tokens, else its last block // 2 tokens (the
+    window is then recomputed from there, as a training window would be). Used by the GPT and Mamba samplers."""
+    return anchor if length - anchor <= block else length - max(1, block // 2)
+
+
 class ClassConditioned:
     def condition(self, c: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """c (B, D) plus the label embedding. A class-conditional model given y=None gets the null label (what
@@ -33,7 +47,5 @@ class ClassConditioned:
         if y is None or self.y_embed is None or scale == 1.0:
             return self(x, t, y)
         out = self(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, self.null_label_like(y)]))
-        cond, uncond = out.chunk(2)
         c = self.config.in_channels
-        guided = uncond[:, :c] + scale * (cond[:, :c] - uncond[:, :c])
-        return torch.cat([guided, cond[:, c:]], dim=1)
+        return torch.cat([guide(out[:, :c], scale), out.chunk(2)[0][:, c:]], dim=1)

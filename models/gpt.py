@@ -15,7 +15,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from models.cfg import ClassConditioned
+from models.cfg import ClassConditioned, reanchor
+from models.cfg import guide as cfg_guide
 from models.layers import GridPositions, LabelEmbedder
 
 
@@ -179,10 +180,7 @@ class GPT(ClassConditioned, nn.Module):
             if guide:
                 x, start = torch.cat([x, x]), torch.cat([start, start]) if torch.is_tensor(start) else start
             out = self(x, start=start, caches=caches, y=labels)[0][:, -1].float()
-            if guide:
-                cond, uncond = out.chunk(2)
-                out = uncond + cfg_scale * (cond - uncond)
-            return out
+            return cfg_guide(out, cfg_scale) if guide else out
 
         seq = prompt
         bs, stride = self.config.block_size, self.config.context_stride
@@ -194,11 +192,11 @@ class GPT(ClassConditioned, nn.Module):
             return seq
         # Dense context: every prediction reads a window [anchor, now) of at most block_size tokens whose keys
         # were all computed inside that same window -- exactly a training window. When the window is full it
-        # is re-anchored to its last `keep` tokens and recomputed (one forward of keep tokens every
-        # block_size - keep steps). A cache that merely slid would let a token see, through the earlier
+        # is re-anchored to its last half and recomputed (models.cfg.reanchor: one forward of block_size // 2
+        # tokens every block_size // 2 steps). A cache that merely slid would let a token see, through the earlier
         # layers' keys, further back than any training window (the old behaviour: next-token distributions
         # off by a total variation of 0.02-0.10 past the first window).
-        keep, anchor, caches = max(1, bs // 2), max(0, seq.shape[1] - bs), None
+        anchor, caches = max(0, seq.shape[1] - bs), None
 
         def window():  # full forward of the current window (fresh caches when decoding with them)
             nonlocal caches
@@ -211,8 +209,8 @@ class GPT(ClassConditioned, nn.Module):
             seq = torch.cat([seq, nxt], 1)
             if seq.shape[1] - prompt.shape[1] >= max_new_tokens:
                 break
-            if seq.shape[1] - anchor > bs:  # the window is full: re-anchor
-                anchor = seq.shape[1] - keep
+            if reanchor(seq.shape[1], anchor, bs) != anchor:  # the window is full: re-anchor
+                anchor = reanchor(seq.shape[1], anchor, bs)
                 logits = window()
             elif use_cache:
                 logits = next_logits(nxt, seq.shape[1] - 1, caches)

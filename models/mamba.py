@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.cfg import ClassConditioned
+from models.cfg import ClassConditioned, reanchor
+from models.cfg import guide as cfg_guide
 from models.layers import GridPositions, LabelEmbedder
 
 
@@ -196,10 +197,7 @@ class MambaLM(ClassConditioned, nn.Module):
 
         def step(token, pos, states):  # (B, V) guided logits after feeding one token
             out = self(torch.cat([token, token]) if guide else token, start=pos, states=states, y=labels)[0][:, -1]
-            if guide:
-                cond, uncond = out.float().chunk(2)
-                return uncond + cfg_scale * (cond - uncond)
-            return out.float()
+            return cfg_guide(out.float(), cfg_scale) if guide else out.float()
 
         bs = self.config.block_size
         seq, anchor = prompt, max(0, prompt.shape[1] - bs) if bs else 0
@@ -214,8 +212,8 @@ class MambaLM(ClassConditioned, nn.Module):
         for _ in range(max_new_tokens):
             nxt = sample_logits(logits, temperature, top_k, top_p, allowed, generator)
             seq = torch.cat([seq, nxt], 1)
-            if bs and seq.shape[1] - anchor > bs:
-                anchor = seq.shape[1] - max(1, bs // 2)
+            if bs and reanchor(seq.shape[1], anchor, bs) != anchor:
+                anchor = reanchor(seq.shape[1], anchor, bs)
                 logits, states = window()
             else:
                 logits = step(nxt, seq.shape[1] - 1, states)
