@@ -125,8 +125,11 @@ def main(argv=None):
         out / "samples" / "grid.gif")
     if a.with_gpt:
         vq = runs / "train_vqvae/demo_vq/checkpoints/last.ckpt"
+        # the tokenizer starts from the KL-VAE (encoder -> its posterior mean, same decoder): it inherits the colour
+        # the KL-VAE learned instead of spending its own steps on it
         run("+ VQ-VAE", ["train_vqvae.py", *common, "--network_variant", "s4t4_m_vq", "--n_codes", 1024,
-                         "--low_utilization_cost", 0.1, "--reinit_every_n_epochs", 1, "--batch_size", 8, "--lr", 1e-3,
+                         "--embedding_dim", VAE_RECIPE[VAE_RECIPE.index("--embedding_dim") + 1], "--init_from", vae,
+                         "--low_utilization_cost", 0.1, "--reinit_every_n_epochs", 1, "--batch_size", 8, "--lr", 5e-4,
                          "--chroma_weight", 4, "--epochs", 1000, "--max_time", hms(vae_minutes), "--run_name", "demo_vq",
                          *tiny_vae], vq, resumable=True)
         tokens = WORK / f"data/latents/{a.name}__demo_vq_tokens_16frames_train.npy"

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from minisora.cli import add_bad_video_arg
+from minisora.cli import add_bad_video_arg, add_token_sampling_args, token_sampling
 from minisora.data import VideoDataset, load_labels, to_model_range
 from minisora.evaluation import (FMD, DigitCNN, FeatureNet, colour_error, continuation_metrics, copy_last_frame,
                                  fd_with_ci, i3d_features, prompt_accuracy, to_float, train_digit_classifier,
@@ -55,7 +55,7 @@ def load_folder(folder: Path, n: int | None, frames: int | None) -> np.ndarray:
 def sample(module, n: int, a, y: torch.Tensor | None = None, cfg_scale: float = 1.0) -> np.ndarray:
     """n uint8 videos (n, T, H, W, 3) from a generator (minisora.generate); y: (n, classes) multi-hot prompts."""
     return np.stack([to_uint8_frames(v) for v in generate_videos(module, n, 8, a.seed, a.sampler, a.steps, y=y,
-                                                                 cfg_scale=cfg_scale)])
+                                                                 cfg_scale=cfg_scale, **token_sampling(a))])
 
 
 def cached(path: Path, build, cls):
@@ -91,6 +91,7 @@ def main(argv=None):
     p.add_argument("--sampler", default="dpm++")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)
+    add_token_sampling_args(p)
     p.add_argument("--resolution", type=int, default=None, help="default: the real videos' size")
     p.add_argument("--sequence_length", type=int, default=16)
     p.add_argument("--vae", default=None, help="also score this VAE's reconstructions of the 'real (val)' videos")
@@ -200,7 +201,7 @@ def main(argv=None):
     if a.continuation:
         try:
             cont = continue_videos(module, to_model_range(torch.from_numpy(real_val).permute(0, 4, 1, 2, 3)),
-                                   a.continuation, seed=a.seed)
+                                   a.continuation, seed=a.seed, **token_sampling(a))
         except ValueError as e:
             sys.exit(f"error: {e}")
         cont = np.stack([to_uint8_frames(v) for v in cont])

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from minisora.cli import add_vae_arg
+from minisora.cli import add_token_sampling_args, add_vae_arg, token_sampling
 from minisora.generate import generate_videos, is_diffusion, load_generator, label_prompts, num_classes
 from minisora.video_io import save_video_grid
 
@@ -46,10 +46,7 @@ def main(argv=None):
                    help="one digit set per video, cycled, e.g. --prompts 3,7 1 0,5 (class-conditional models)")
     d.add_argument("--cfg_scale", type=float, default=1.0, help="classifier-free guidance scale (with --labels/--prompts; "
                                                                 "GPTs: on the logits)")
-    t = p.add_argument_group("token-model checkpoints (default: the values the model was trained with)")
-    t.add_argument("--temperature", type=float, default=None, help="0 = greedy")
-    t.add_argument("--top_k", type=int, default=None, help="0 = off")
-    t.add_argument("--top_p", type=float, default=None, help="1 = off")
+    add_token_sampling_args(p)
     a = p.parse_args(argv)
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -79,7 +76,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     videos = generate_videos(module, a.num_videos, a.batch_size, a.seed, sampler, a.steps, y, use_ema=not a.no_ema,
-                             cfg_scale=a.cfg_scale, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p)
+                             cfg_scale=a.cfg_scale, **token_sampling(a))
     dt = time.time() - t0
     for i, v in enumerate(videos):
         save_video_grid([v], out / f"{i:03d}.mp4", fps=a.fps, gif=False)

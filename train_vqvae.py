@@ -16,9 +16,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from minisora.checkpoint import load_checkpoint, module_state_dict
 from minisora.cli import add_loop_args, add_run_args
 from minisora.data import VideoDataset, collate_videos
 from minisora.lit_vae import LitVAE
+from minisora.resolve import resolve_checkpoint_path
 from minisora.training import fit, start_run
 from models.vqvae import PRESETS, VideoVAE, make_config
 
@@ -48,6 +50,10 @@ def parse_args(argv=None):
     m.add_argument("--ema_decay", type=float, default=0.99, help="VQ codebook EMA decay")
     m.add_argument("--low_utilization_cost", type=float, default=0.0,
                    help="pull of every code toward its nearest encoder output (revives dead codes); VQ variants")
+    m.add_argument("--init_from", default=None, metavar="CKPT",
+                   help="warm start: encoder/decoder weights from a trained VAE checkpoint (path or wandb artifact) "
+                        "of the same strides and widths, e.g. a KL-VAE to start a VQ tokenizer (its posterior mean "
+                        "becomes the latent; --embedding_dim must equal its E). Optimizer and codebook start fresh")
     m.add_argument("--reinit_every_n_epochs", type=int, default=None, help="re-seed unused codes from encoder outputs every n epochs")
     d = p.add_argument_group("data")
     d.add_argument("--resolution", type=int, default=64)
@@ -110,6 +116,12 @@ def main(argv=None):
     model = LitVAE(cfg.to_dict(), lr=a.lr, reinit_every_n_epochs=a.reinit_every_n_epochs,
                    log_videos_every=a.log_videos_every, sample_dir=str(out / "samples"),
                    data={k: v for k, v in common.items() if k != "as_uint8"})
+    if a.init_from and not a.resume_from:
+        try:
+            model.model.load_autoencoder(module_state_dict(load_checkpoint(resolve_checkpoint_path(a.init_from))))
+        except (ValueError, FileNotFoundError) as e:
+            sys.exit(f"error: --init_from {a.init_from}: {e}")
+        print(f"[train_vqvae] warm start: encoder and decoder from {a.init_from}")
     n_params = sum(p.numel() for p in model.model.parameters())
     print(f"[train_vqvae] {a.network_variant}: {n_params / 1e6:.3f}M params, strides t{cfg.temporal_stride} "
           f"s{cfg.spatial_stride}, E={cfg.embedding_dim}, quantize={cfg.quantize and cfg.quantizer} (K={cfg.n_codes}), kl={cfg.kl}; "

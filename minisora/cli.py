@@ -146,3 +146,15 @@ def add_lm_args(p: argparse.ArgumentParser) -> None:
     add_loop_args(p)
     p.set_defaults(batch_size=32, lr=5e-4, warmup_steps=100, max_steps=50000, log_every=10, ckpt_every=0,
                    sample_every=2000, num_samples=1)
+
+
+def add_token_sampling_args(p: argparse.ArgumentParser) -> None:
+    """--temperature/--top_k/--top_p for sampling token-model checkpoints (None: the values it was trained with)."""
+    t = p.add_argument_group("token-model checkpoints (default: the values the model was trained with)")
+    t.add_argument("--temperature", type=float, default=None, help="0 = greedy")
+    t.add_argument("--top_k", type=int, default=None, help="0 = off")
+    t.add_argument("--top_p", type=float, default=None, help="1 = off")
+
+
+def token_sampling(a) -> dict:
+    return dict(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p)

@@ -492,6 +492,31 @@ class VideoVAE(nn.Module):
         """Tokens (B, t, h, w) -> video."""
         return self.decoder(self.quantizer.codes_to_vectors(codes))
 
+    @torch.no_grad()
+    def load_autoencoder(self, state: dict) -> None:
+        """Warm start: copy another autoencoder's encoder and decoder (a VideoVAE state_dict) into this one.
+
+        Every encoder/decoder tensor must find its match (same name and shape), except that a KL encoder's
+        output conv (mean and log-variance channels) gives a non-KL encoder its mean half: a trained KL-VAE
+        starts a VQ/FSQ tokenizer that encodes to the KL-VAE's posterior mean. The quantizer is not touched
+        (a VQ codebook seeds itself from the first batch). ValueError, copying nothing, if anything is missing.
+        """
+        own = {k: v for k, v in self.state_dict().items() if k.startswith(("encoder.", "decoder."))}
+        take, bad = {}, []
+        for name, dst in own.items():
+            src = state.get(name)
+            if src is not None and name.startswith("encoder.conv_out.") and src.shape[0] == 2 * dst.shape[0]:
+                src = src[:dst.shape[0]]  # KL posterior: (mean, logvar) channels -> mean
+            if src is None or src.shape != dst.shape:
+                bad.append(f"{name} {tuple(dst.shape)} <- {None if src is None else tuple(src.shape)}")
+            else:
+                take[name] = src
+        if bad:
+            raise ValueError(f"{len(bad)} encoder/decoder tensors do not match (same variant, widths and --embedding_dim "
+                             f"needed): " + "; ".join(bad[:4]) + (" ..." if len(bad) > 4 else ""))
+        for name, src in take.items():
+            own[name].copy_(src)
+
     def forward(self, x: torch.Tensor, sample_posterior: bool = True) -> dict:
         """dict(recon, loss, recon_loss, kl_loss, vq_loss, perplexity, counts, z[, codes]).
 

@@ -73,6 +73,13 @@ def test_resume_continues_from_checkpoint(tiny_data, tmp_path):
     assert not torch.equal(first["state_dict"]["model.decoder.conv_out.weight"],
                            second["state_dict"]["model.decoder.conv_out.weight"])
 
+    # --init_from: a VQ tokenizer warm-started from this KL-VAE begins with its decoder weights
+    run_script(tiny_overrides(tiny_data, tmp_path, "warm") + ["--network_variant", "s4t4_b_vq", "--limit_train_batches", "1",
+                                                              "--init_from", str(last)], cwd=tmp_path)
+    warm = torch.load(tmp_path / "train_vqvae/warm/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    w0, w1 = second["state_dict"]["model.decoder.conv_in.weight"], warm["model.decoder.conv_in.weight"]
+    assert (w1 - w0).abs().max() < 0.1 * w0.abs().max()  # one step from the KL-VAE's weights, not from scratch
+
 
 def test_two_process_ddp_on_cpu(tiny_data, tmp_path):
     run_script(tiny_overrides(tiny_data, tmp_path, "ddp") + ["--network_variant", "s4t4_b_vq", "--accelerator", "cpu",

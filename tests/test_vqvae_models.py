@@ -351,3 +351,24 @@ def test_fsq_codes_round_trip_reach_every_level_and_pass_gradients():
     assert int(e["codes"].max()) < 1000 and torch.equal(m.decode_codes(e["codes"]), m.decode(e["quantized"]))
     with pytest.raises(ValueError, match="embedding_dim"):
         make_config("s4t4_b_vq", quantizer="fsq", fsq_levels=(8, 5, 5), embedding_dim=4)
+
+
+def test_warm_start_vq_tokenizer_from_kl_vae():
+    """A KL-VAE's encoder/decoder start a VQ model: its pre-quantization latent is the KL posterior mean and
+    the decoder is the same function; the codebook is left alone; a model of other widths is refused."""
+    torch.manual_seed(0)
+    kl = VideoVAE(tiny("vae_s4t4_b")).eval()
+    vq = VideoVAE(tiny("s4t4_b_vq")).eval()
+    codebook = vq.quantizer.codebook.clone()
+    x = clip(1, 4, 16, 16)
+    assert not torch.allclose(vq.encode(x)["z"], kl.encode(x)["mean"])
+    vq.load_autoencoder(kl.state_dict())
+    z = vq.encode(x)["z"]
+    assert torch.allclose(z, kl.encode(x)["mean"], atol=1e-6)
+    assert torch.allclose(vq.decode(z), kl.decode(z), atol=1e-6)
+    assert torch.equal(vq.quantizer.codebook, codebook)
+    narrow = VideoVAE(make_config("s4t4_b_vq", channels=(4, 4, 4), n_codes=64))
+    before = {k: v.clone() for k, v in narrow.state_dict().items()}
+    with pytest.raises(ValueError, match="encoder/decoder tensors do not match"):
+        narrow.load_autoencoder(kl.state_dict())
+    assert all(torch.equal(v, before[k]) for k, v in narrow.state_dict().items())  # nothing half-copied
