@@ -280,13 +280,21 @@ def test_continue_videos_encodes_only_the_given_frames(tiny_vaes, real):
     seen = []
 
     def sample_codes(n, prompt_codes, seed=0, **kw):
-        seen.append(prompt_codes.shape)
+        seen.append(prompt_codes)
         rest = torch.randint(0, vae.n_codes, (n, 4 - prompt_codes.shape[1], *prompt_codes.shape[2:]))
         return torch.cat([prompt_codes, rest], 1)
     module = types.SimpleNamespace(vae=vae, sample_codes=sample_codes)
     x = to_model_range(torch.from_numpy(real[:3]).permute(0, 4, 1, 2, 3))
     out = continue_videos(module, x, 4)
-    assert out.shape == x.shape and torch.equal(out[:, :, :4], x[:, :, :4]) and seen == [(3, 1, 16, 16)]
+    assert out.shape == x.shape and torch.equal(out[:, :, :4], x[:, :, :4]) and seen[0].shape == (3, 1, 16, 16)
+    # the prompt is the code of the given frames held still for the clip's length (the clip shape the
+    # non-causal encoder was trained on), whatever the future frames are
+    still = torch.cat([x[:, :, :4], x[:, :, 3:4].expand(-1, -1, x.shape[2] - 4, -1, -1)], 2)
+    assert torch.equal(seen[0], vae.encode_codes(still)[:, :1])
+    future = x.clone()
+    future[:, :, 4:] = -future[:, :, 4:]
+    continue_videos(module, future, 4)
+    assert torch.equal(seen[1], seen[0])
     with pytest.raises(ValueError, match="multiple of the VAE's temporal stride"):
         continue_videos(module, x, 6)
     with pytest.raises(ValueError, match="next-token model"):
