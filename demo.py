@@ -6,7 +6,8 @@
   4. train a digit-conditioned ST-DiT with rectified flow          -> runs/iddpm/demo_dit/
   5. sample videos prompted with val videos' digits (Euler, CFG)   -> runs/demo/samples/grid.gif
   6. evaluate samples and VAE reconstructions against real videos  -> runs/demo/results.json
-  (--with_gpt adds a VQ-VAE, tokens and a digit-conditioned GPT, sampled, prompted, continued and evaluated)
+  (--with_gpt adds a VQ-VAE warm-started from the KL-VAE, 8192 more videos tokenized for a digit-conditioned
+   GPT -- it memorises 1024 --, the GPT, sampled, prompted, continued and evaluated)
 
     bash train.sh python demo.py                   # or: python demo.py --minutes 10 (shorter training)
 
@@ -90,6 +91,8 @@ def main(argv=None):
     p.add_argument("--num_val", type=int, default=64)
     p.add_argument("--minutes", type=float, default=38, help="training budget: 14/38 to the VAE, the rest to the generator")
     p.add_argument("--with_gpt", action="store_true", help="also train a VQ-VAE and a GPT on its tokens")
+    p.add_argument("--gpt_videos", type=int, default=8192,
+                   help="--with_gpt: train videos tokenized for the GPT (data/<name>_gpt; ~4 CPU-min to tokenize 8192)")
     p.add_argument("--num_videos", type=int, default=8, help="videos to sample (prompted with the first val videos' digits)")
     p.add_argument("--eval_videos", type=int, default=256, help="videos sampled for evaluation (FMD sample size)")
     p.add_argument("--workdir", default=str(ROOT), help="where data/ and runs/ go (default: the repo)")
@@ -105,9 +108,10 @@ def main(argv=None):
                 "--log_every", 1] if a.tiny else []
     vae_minutes = a.minutes * 14 / 38
     t0 = time.time()
-    run("1/6 data", ["generate_flying_mnist.py", "--name", a.name, "--resolution", 64, "--num_frames", 16, "--max_digits", 2,
-                     "--digit_size_min", 20, "--digit_size_max", 28, "--min_speed", 1, "--max_speed", 4,
-                     "--num_train", a.num_train, "--num_val", a.num_val], data / "val" / "metadata.jsonl")
+    flying = ["generate_flying_mnist.py", "--resolution", 64, "--num_frames", 16, "--max_digits", 2,
+              "--digit_size_min", 20, "--digit_size_max", 28, "--min_speed", 1, "--max_speed", 4]
+    run("1/6 data", [*flying, "--name", a.name, "--num_train", a.num_train, "--num_val", a.num_val],
+        data / "val" / "metadata.jsonl")
     common = ["--dataset", a.name, "--resolution", 64, "--sequence_length", 16, "--num_workers", 1]
     vae = runs / "train_vqvae/demo_vae/checkpoints/last.ckpt"
     run("2/6 KL-VAE", ["train_vqvae.py", *common, *VAE_RECIPE, "--epochs", 1000, "--max_time", hms(vae_minutes),
@@ -132,8 +136,14 @@ def main(argv=None):
                          "--low_utilization_cost", 0.1, "--reinit_every_n_epochs", 1, "--batch_size", 8, "--lr", 5e-4,
                          "--chroma_weight", 4, "--epochs", 1000, "--max_time", hms(vae_minutes), "--run_name", "demo_vq",
                          *tiny_vae], vq, resumable=True)
-        tokens = WORK / f"data/latents/{a.name}__demo_vq_tokens_16frames_train.npy"
-        run("+ tokens", ["tokenize_videos.py", *common, "--vae", vq, "--batch_size", 16, "--decode", 2], tokens)
+        # the GPT memorises 1024 clips (val/train fg-token loss 5.2/3.9 nats); videos are free: it trains on
+        # --gpt_videos of them (the same generator and seed: the demo's train videos are the first 1024)
+        gpt_data = f"{a.name}_gpt"
+        run("+ GPT data", [*flying, "--name", gpt_data, "--num_train", a.gpt_videos, "--num_val", 1],
+            WORK / "data" / gpt_data / "val" / "metadata.jsonl")
+        tokens = WORK / f"data/latents/{gpt_data}__demo_vq_tokens_16frames_train.npy"
+        run("+ tokens", ["tokenize_videos.py", *common[2:], "--dataset", gpt_data, "--vae", vq, "--batch_size", 32,
+                         "--decode", 2], tokens)
         gpt = runs / "train_latent_nanogpt/demo_gpt/checkpoints/last.ckpt"
         # block 320 = one latent frame (16x16) + 4 rows: every token sees its neighbourhood in the previous frame
         run("+ GPT", ["train_latent_nanogpt.py", "--tokens_input_file", tokens, "--block_size", 320, "--n_layer", 4,

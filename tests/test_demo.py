@@ -27,12 +27,14 @@ def test_demo_tiny_runs_every_stage(tmp_path):
     # --with_gpt adds the token path on top (finished stages skipped): a VQ tokenizer warm-started from the
     # demo's KL-VAE, tokens, a digit-conditioned GPT, evaluated with prompts and continuations
     gpt = run("demo.py", ["--tiny", "--with_gpt", "--workdir", tmp_path, "--num_train", 12, "--num_val", 4,
-                          "--num_videos", 2], tmp_path, timeout=900)
+                          "--num_videos", 2, "--gpt_videos", 20], tmp_path, timeout=900)
     runs = tmp_path / "runs"
     kl = torch.load(runs / "train_vqvae/demo_vae/checkpoints/last.ckpt", weights_only=True)["state_dict"]
     vq = torch.load(runs / "train_vqvae/demo_vq/checkpoints/last.ckpt", weights_only=True)["state_dict"]
     w0, w1 = kl["model.decoder.conv_out.weight"], vq["model.decoder.conv_out.weight"]
     assert (w1 - w0).abs().max() < 0.1 * w0.abs().max()  # 3 steps away from the KL-VAE's decoder
+    tokens = json.loads((tmp_path / "data/latents/flying_mnist_demo_gpt__demo_vq_tokens_16frames_train.json").read_text())
+    assert tokens["shape"][0] == 20  # the GPT's own, larger video set
     res = json.loads((runs / "demo/results_gpt.json").read_text())
     assert "class_kept" in json.dumps(res) and "prompt_accuracy" in json.dumps(res)
     assert (runs / "evaluate/continuation_demo_gpt.gif").exists() and "| GPT |" in gpt.stdout
