@@ -112,7 +112,8 @@ def main(argv=None):
               "--digit_size_min", 20, "--digit_size_max", 28, "--min_speed", 1, "--max_speed", 4]
     run("1/6 data", [*flying, "--name", a.name, "--num_train", a.num_train, "--num_val", a.num_val],
         data / "val" / "metadata.jsonl")
-    common = ["--dataset", a.name, "--resolution", 64, "--sequence_length", 16, "--num_workers", 1]
+    clips = ["--resolution", 64, "--sequence_length", 16, "--num_workers", 1]
+    common = ["--dataset", a.name, *clips]
     vae = runs / "train_vqvae/demo_vae/checkpoints/last.ckpt"
     run("2/6 KL-VAE", ["train_vqvae.py", *common, *VAE_RECIPE, "--epochs", 1000, "--max_time", hms(vae_minutes),
                        "--run_name", "demo_vae", "--log_every_n_steps", 20, *tiny_vae], vae, resumable=True)
@@ -142,7 +143,7 @@ def main(argv=None):
         run("+ GPT data", [*flying, "--name", gpt_data, "--num_train", a.gpt_videos, "--num_val", 1],
             WORK / "data" / gpt_data / "val" / "metadata.jsonl")
         tokens = WORK / f"data/latents/{gpt_data}__demo_vq_tokens_16frames_train.npy"
-        run("+ tokens", ["tokenize_videos.py", *common[2:], "--dataset", gpt_data, "--vae", vq, "--batch_size", 32,
+        run("+ tokens", ["tokenize_videos.py", "--dataset", gpt_data, *clips, "--vae", vq, "--batch_size", 32,
                          "--decode", 2], tokens)
         gpt = runs / "train_latent_nanogpt/demo_gpt/checkpoints/last.ckpt"
         # block 320 = one latent frame (16x16) + 4 rows: every token sees its neighbourhood in the previous frame

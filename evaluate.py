@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from minisora.cli import add_bad_video_arg, add_token_sampling_args, token_sampling
-from minisora.data import VideoDataset, load_labels, to_model_range
-from minisora.evaluation import (FMD, DigitCNN, FeatureNet, colour_error, continuation_metrics, copy_last_frame,
+from minisora.data import VideoDataset, hold_last_frame, load_labels, to_model_range
+from minisora.evaluation import (FMD, DigitCNN, FeatureNet, colour_error, continuation_metrics,
                                  fd_with_ci, i3d_features, prompt_accuracy, to_float, train_digit_classifier,
                                  train_feature_net, video_metrics)
 from minisora.generate import continue_videos, generate_videos, load_generator, label_prompts, num_classes
@@ -206,7 +206,7 @@ def main(argv=None):
             sys.exit(f"error: {e}")
         cont = np.stack([to_uint8_frames(v) for v in cont])
         continuation = {"model": continuation_metrics(real_val, cont, a.continuation, clf),
-                        "copy last given frame": continuation_metrics(real_val, copy_last_frame(real_val, a.continuation),
+                        "copy last given frame": continuation_metrics(real_val, hold_last_frame(real_val, a.continuation, 1),
                                                                       a.continuation, clf),
                         "real": continuation_metrics(real_val, real_val, a.continuation, clf)}
         cols = ["PSNR", "SSIM", "legible_per_frame", "mean_speed_px", "class_kept", "chroma"]

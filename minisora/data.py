@@ -63,6 +63,13 @@ def to_model_range(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float32, memory_format=torch.contiguous_format).div_(127.5).sub_(1.0)
 
 
+def hold_last_frame(x, given: int, time_axis: int):
+    """A video batch (numpy or torch) with frames >= `given` replaced by frame given - 1, held still: the
+    continuation baseline (evaluation) and what a continuation's encoder may see (generate.continue_videos)."""
+    idx = list(range(given)) + [given - 1] * (x.shape[time_axis] - given)
+    return x[(slice(None),) * time_axis + (idx,)]
+
+
 def collate_videos(batch: list[dict]) -> dict:
     """`default_collate` for VideoDataset items, except that "video" clips keep the decoder's interleaved
     (T, H, W, C) memory order: the batch is a (B, C, T, H, W)-shaped view of a (B, T, H, W, C) buffer

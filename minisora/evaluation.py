@@ -475,11 +475,6 @@ def prompt_accuracy(videos: np.ndarray, prompts, classifier: DigitCNN, conf: flo
     return float(np.mean([track_classes(v, classifier, conf) == set(map(int, p)) for v, p in zip(videos, prompts)]))
 
 
-def copy_last_frame(real: np.ndarray, given: int) -> np.ndarray:
-    """The continuation baseline: the first `given` frames, then the last given frame held still."""
-    return np.concatenate([real[:, :given], np.repeat(real[:, given - 1:given], real.shape[1] - given, 1)], 1)
-
-
 def continuation_metrics(real: np.ndarray, continued: np.ndarray, given: int, classifier: DigitCNN,
                          conf: float = 0.9) -> dict:
     """Scores of continuations: `continued` (N, T, H, W, 3) uint8 holds the first `given` real frames, then a

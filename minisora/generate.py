@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from minisora.checkpoint import load_checkpoint
-from minisora.data import multi_hot
+from minisora.data import hold_last_frame, multi_hot
 from minisora.resolve import load_vae, resolve_checkpoint_path
 
 DIFFUSION, TOKEN_MODELS = ("latte", "stdit"), ("gpt", "mamba")
@@ -87,8 +87,8 @@ def continue_videos(module, real: torch.Tensor, given: int, batch_size: int = 8,
     CPU: the given frames exactly as they were, then the decoded continuation.
 
     The given frames are encoded as a whole clip of T frames whose future is the last given frame held still
-    (prompt_clip). A non-causal encoder shown the given frames alone sees a clip shape it never trained on:
-    the s4t4 tokenizer's codes for 4 frames alone agree with its whole-clip codes at 0.4% of places and
+    (minisora.data.hold_last_frame). A non-causal encoder shown the given frames alone sees a clip shape it never
+    trained on: the s4t4 tokenizer's codes for 4 frames alone agree with its whole-clip codes at 0.4% of places and
     decode at 18.1 dB (25.9 whole-clip), a prompt the GPT reads at 5.9 nats/token (2.0 on whole-clip codes);
     held still, 62% agree and the loss is 1.9. A causal encoder gives the same codes either way."""
     if is_diffusion(module):
@@ -101,18 +101,11 @@ def continue_videos(module, real: torch.Tensor, given: int, batch_size: int = 8,
     out = []
     for i in range(0, len(real), batch_size):
         x = real[i:i + batch_size].to(vae.device)
-        codes = vae.encode_codes(prompt_clip(x, given))[:, :given // stride]
+        codes = vae.encode_codes(hold_last_frame(x, given, 2))[:, :given // stride]
         full = module.sample_codes(len(x), codes, seed=seed + i, temperature=temperature, top_k=top_k, top_p=top_p)
         video = vae.decode_codes(full.to(vae.device)).float().clamp(-1, 1)
         out.append(torch.cat([x[:, :, :given], video[:, :, given:]], 2).cpu())
     return torch.cat(out)
-
-
-def prompt_clip(x: torch.Tensor, given: int) -> torch.Tensor:
-    """(N, C, T, H, W) -> the same length clip of its first `given` frames, then the last of them repeated:
-    what a continuation's encoder may see (nothing of frames >= given)."""
-    still = x[:, :, given - 1:given].expand(-1, -1, x.shape[2] - given, -1, -1)
-    return torch.cat([x[:, :, :given], still], 2)
 
 
 def label_prompts(label_sets: list[list[int]], classes: int, device="cpu") -> torch.Tensor:

@@ -257,15 +257,16 @@ def test_evaluate_prompted_and_vae(tiny_data, tmp_path, monkeypatch, classifier)
 def test_continuation_scores_only_the_generated_frames(real, classifier, real_metrics):
     """The given frames are excluded from the scores; the real continuation is perfect; holding the last given
     frame still (the baseline) scores a digit speed of ~0 against real's, and keeps the given digits' classes."""
-    from minisora.evaluation import continuation_metrics, copy_last_frame
+    from minisora.data import hold_last_frame
+    from minisora.evaluation import continuation_metrics
     perfect = continuation_metrics(real, real, 4, classifier)
     assert perfect["SSIM"] > 0.999 and perfect["PSNR"] > 60 and len(perfect["psnr_per_frame"]) == 12
     scrambled = real.copy()
     scrambled[:, :4] = 255 - scrambled[:, :4]  # other given frames: the scores must not move
     assert continuation_metrics(real, scrambled, 4, classifier)["PSNR"] == perfect["PSNR"]
-    still = continuation_metrics(real, copy_last_frame(real, 4), 4, classifier)
+    still = continuation_metrics(real, hold_last_frame(real, 4, 1), 4, classifier)
     assert still["mean_speed_px"] < 0.2 * real_metrics["mean_speed_px"] and still["PSNR"] < perfect["PSNR"]
-    assert still["class_kept"] >= 0.5 and np.all(copy_last_frame(real, 4)[:, 4:] == real[:, 3:4])
+    assert still["class_kept"] >= 0.5 and np.all(hold_last_frame(real, 4, 1)[:, 4:] == real[:, 3:4])
 
 
 def test_continue_videos_encodes_only_the_given_frames(tiny_vaes, real):
