@@ -125,7 +125,10 @@ def add_lm_args(p: argparse.ArgumentParser) -> None:
                    help="tokens .npy from tokenize_videos.py (rows = videos)")
     add_vae_arg(d, help="the VQ-VAE that made the tokens (decodes samples); default: the one named in the sidecar")
     d.add_argument("--val_fraction", type=float, default=0.05, help="last fraction of rows held out for val/loss")
-    d.add_argument("--block_size", type=int, default=1024, help="tokens per training window")
+    d.add_argument("--block_size", type=int, default=1024,
+                   help="tokens per training window; = tokens per clip (e.g. 1024 for 4x16x16 codes): whole clips, every "
+                        "token sees all before it. Shorter: random windows, and the sampler re-anchors a full window to "
+                        "its last half, so a token may not see the previous latent frame")
     d.add_argument("--class_conditional", action="store_true",
                    help="GPT / Mamba: condition on the digits present (the tokens' source metadata), whole-prompt dropout 0.1 "
                         "for classifier-free guidance (sample.py --labels 3 7 --cfg_scale 2)")

@@ -1,0 +1,123 @@
+"""Where a token model's loss goes, and how reusable a tokenizer's codes are. On the first --num_videos val clips:
+
+- the tokenizer (--vae): distinct codes and their entropy on digit cells (any digit pixel in the cell's 4x4x4
+  block), on background cells next to a digit, and on background cells more than 3 cells from any digit (plain
+  black: an ideal tokenizer gives them one code), and the entropy of those far-background codes given the
+  cell's (t, h, w) position (what a position embedding can learn of them);
+- a GPT (--checkpoint, optional): per-token loss on digit and background cells, per latent frame, each token
+  read with the context the sampler gives it (models.cfg.reanchor windows; null label). Later latent frames of
+  a clip are nearly determined by the first (constant motion, same digits), so a model that reuses what it
+  saw scores them lower than latent frame 0.
+
+  python bench/bench_tokens.py --dataset flying_mnist_demo --vae runs/train_vqvae/<tokenizer>/checkpoints/last.ckpt \\
+      --checkpoint runs/train_latent_nanogpt/<gpt>/checkpoints/last.ckpt
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from minisora.data import VideoDataset  # noqa: E402
+from minisora.generate import load_generator  # noqa: E402
+from minisora.resolve import load_vae  # noqa: E402
+from models.cfg import reanchor  # noqa: E402
+
+
+def entropy(counts) -> float:
+    p = np.asarray(list(counts), dtype=float)
+    p = p / p.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def code_stats(codes: torch.Tensor, mask: torch.Tensor) -> dict:
+    c = Counter(codes[mask].tolist())
+    return dict(cells=int(mask.sum()), distinct=len(c), entropy=round(entropy(c.values()), 3))
+
+
+def conditional_entropy(codes: torch.Tensor, mask: torch.Tensor) -> float:
+    """H(code | (t, h, w) position) over the masked cells, in nats (a plug-in estimate: biased low)."""
+    by_pos = defaultdict(Counter)
+    for (_, t, h, w), k in zip(torch.nonzero(mask).tolist(), codes[mask].tolist()):
+        by_pos[(t, h, w)][k] += 1
+    n = sum(sum(c.values()) for c in by_pos.values())
+    return float(sum(sum(c.values()) * entropy(c.values()) for c in by_pos.values()) / n)
+
+
+@torch.no_grad()
+def sampler_losses(gpt, seq: torch.Tensor) -> torch.Tensor:
+    """(N, L) sequences [BOS, codes...] -> (N, L - 1) loss of each code, read through the window the sampler
+    uses for it (GPT.generate: windows of block_size re-anchored to their last half when full)."""
+    groups, anchor = defaultdict(list), 0
+    for length in range(1, seq.shape[1]):
+        anchor = reanchor(length, anchor, gpt.config.block_size)
+        groups[anchor].append(length)
+    losses = torch.zeros(len(seq), seq.shape[1] - 1)
+    for a, lengths in groups.items():
+        logits = gpt(seq[:, a:max(lengths)], start=a)[0].float()
+        for n in lengths:
+            losses[:, n - 1] = F.cross_entropy(logits[:, n - 1 - a], seq[:, n], reduction="none")
+    return losses
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
+    p.add_argument("--dataset", default="flying_mnist_demo")
+    p.add_argument("--data_dir", default="data")
+    p.add_argument("--vae", required=True, help="the tokenizer (VQ/FSQ checkpoint, path or reference)")
+    p.add_argument("--checkpoint", default=None, help="a GPT trained on this tokenizer's codes (optional)")
+    p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--sequence_length", type=int, default=16)
+    p.add_argument("--num_videos", type=int, default=32, help="val clips")
+    p.add_argument("--output", default=None, help="also write the numbers to this JSON file")
+    a = p.parse_args(argv)
+    ds = VideoDataset(a.dataset, "val", a.resolution, a.sequence_length, data_dir=a.data_dir)
+    x = torch.stack([ds[i]["video"] for i in range(min(a.num_videos, len(ds)))])
+    if a.checkpoint:
+        module = load_generator(a.checkpoint, vae=a.vae)
+        vae, gpt = module.vae, module.model.eval()
+    else:
+        vae, gpt = load_vae(a.vae), None
+    with torch.no_grad():
+        codes = vae.encode_codes(x).cpu()  # (N, t, h, w)
+    ts, ss = x.shape[2] // codes.shape[1], x.shape[3] // codes.shape[2]
+    fg = F.max_pool3d((x.amax(1, keepdim=True) > -0.9).float(), (ts, ss, ss))[:, 0].bool()
+    near = F.max_pool3d(fg[:, None].float(), (1, 7, 7), 1, (0, 3, 3))[:, 0].bool()  # within 3 cells of a digit
+    adjacent = F.max_pool3d(fg[:, None].float(), (1, 3, 3), 1, (0, 1, 1))[:, 0].bool() & ~fg
+    out = {"tokenizer": {"digit cells": code_stats(codes, fg), "background next to a digit": code_stats(codes, adjacent),
+                         "background > 3 cells from a digit": code_stats(codes, ~near)}}
+    out["tokenizer"]["background > 3 cells from a digit"]["entropy given position"] = round(
+        conditional_entropy(codes, ~near), 3)
+    print(f"[bench_tokens] tokenizer {a.vae}, {len(x)} val clips, code grid {tuple(codes.shape[1:])}")
+    for k, v in out["tokenizer"].items():
+        print(f"  {k}: " + ", ".join(f"{n} {v[n]}" for n in v))
+    if gpt is not None:
+        n_codes = module.hparams.n_codes
+        seq = torch.cat([torch.full((len(codes), 1), n_codes), codes.reshape(len(codes), -1)], 1)
+        loss, bg = sampler_losses(gpt, seq), ~fg.reshape(len(codes), -1)
+        per = codes[0].numel() // codes.shape[1]
+        frames = [dict(digit=round(float(loss[:, t * per:(t + 1) * per][~bg[:, t * per:(t + 1) * per]].mean()), 3),
+                       background=round(float(loss[:, t * per:(t + 1) * per][bg[:, t * per:(t + 1) * per]].mean()), 3))
+                  for t in range(codes.shape[1])]
+        out["gpt"] = dict(checkpoint=a.checkpoint, block_size=gpt.config.block_size, loss=round(float(loss.mean()), 3),
+                          digit=round(float(loss[~bg].mean()), 3), background=round(float(loss[bg].mean()), 3),
+                          per_latent_frame=frames)
+        print(f"[bench_tokens] GPT {a.checkpoint} (block {gpt.config.block_size}): loss {out['gpt']['loss']} nats/token, "
+              f"digit cells {out['gpt']['digit']}, background {out['gpt']['background']}")
+        for t, f in enumerate(frames):
+            print(f"  latent frame {t}: digit {f['digit']}, background {f['background']}")
+    if a.output:
+        Path(a.output).write_text(json.dumps(out, indent=1))
+    return out
+
+
+if __name__ == "__main__":
+    main()
