@@ -146,8 +146,8 @@ def main(argv=None):
         run("+ tokens", ["tokenize_videos.py", "--dataset", gpt_data, *clips, "--vae", vq, "--batch_size", 32,
                          "--decode", 2], tokens)
         gpt = runs / "train_latent_nanogpt/demo_gpt/checkpoints/last.ckpt"
-        # block 320 = one latent frame (16x16) + 4 rows; whole-clip windows (block 1024) measured the same loss and
-        # legibility in the same 45 min (README, bench/bench_tokens.py)
+        # block 320 = one latent frame (16x16) + 4 rows; whole-clip windows (block 1024) gave no lower loss and no
+        # more legible samples in the same 45 min (README, bench/bench_tokens.py)
         run("+ GPT", ["train_latent_nanogpt.py", "--tokens_input_file", tokens, "--block_size", 320, "--n_layer", 4,
                       "--n_head", 4, "--n_embd", 256, "--dropout", 0.0, "--batch_size", 16, "--learning_rate", 1e-3,
                       "--max_iters", 100000, "--lr_decay_iters", 3000, "--min_lr", 1e-4, "--class_conditional",

@@ -102,11 +102,9 @@ def main(argv=None):
     if gpt is not None:
         n_codes = module.hparams.n_codes
         seq = torch.cat([torch.full((len(codes), 1), n_codes), codes.reshape(len(codes), -1)], 1)
-        loss, bg = sampler_losses(gpt, seq), ~fg.reshape(len(codes), -1)
-        per = codes[0].numel() // codes.shape[1]
-        frames = [dict(digit=round(float(loss[:, t * per:(t + 1) * per][~bg[:, t * per:(t + 1) * per]].mean()), 3),
-                       background=round(float(loss[:, t * per:(t + 1) * per][bg[:, t * per:(t + 1) * per]].mean()), 3))
-                  for t in range(codes.shape[1])]
+        loss, bg = sampler_losses(gpt, seq).view(codes.shape), ~fg  # (N, t, h, w) each
+        frames = [dict(digit=round(float(loss[:, t][~bg[:, t]].mean()), 3),
+                       background=round(float(loss[:, t][bg[:, t]].mean()), 3)) for t in range(codes.shape[1])]
         out["gpt"] = dict(checkpoint=a.checkpoint, block_size=gpt.config.block_size, loss=round(float(loss.mean()), 3),
                           digit=round(float(loss[~bg].mean()), 3), background=round(float(loss[bg].mean()), 3),
                           per_latent_frame=frames)
