@@ -142,6 +142,7 @@ PRESETS: dict[str, dict] = {
     # mid-size (CPU-small quality runs)
     "s4t4_m": _p(4, 4, **_MID),
     "s4t4_m_vq": _p(4, 4, **_MID, quantize=True),
+    "s4t1_m_vq": _p(4, 1, **_MID, quantize=True),  # one latent frame per frame; warm-starts from vae_s4t4_m
     "vae_s4t4_m": _p(4, 4, **_MID, kl=True),
     "vae_s4t2_m": _p(4, 2, **_MID, kl=True),
     "vae_s4t1_m": _p(4, 1, (32, 64, 64), res_blocks=(1, 1, 1), kl=True),
@@ -427,6 +428,20 @@ class Decoder(nn.Module):
         return rearrange(x, "b (c t2 h2 w2) t h w -> b c (t t2) (h h2) (w w2)", t2=t, h2=h, w2=w)
 
 
+def _unfold_time(src: torch.Tensor, shape, axis: int, block) -> torch.Tensor:
+    """A space-to-depth layer's weight that folded k frames into its channels ((c t2 h2 w2) order, t2 = k) ->
+    the same layer folding one frame (t2 = 1): input channels summed over the k frames (a still clip gives
+    the same output), output channels averaged. Returned unchanged where the shapes say it is not that case."""
+    t, h, w = block
+    if t != 1 or src.dim() <= axis or src.shape[axis] % shape[axis] or shape[axis] % (h * w):
+        return src
+    k = src.shape[axis] // shape[axis]
+    x = src.movedim(axis, 0)
+    x = x.reshape(shape[axis] // (h * w), k, h * w, *x.shape[1:])
+    x = x.sum(1) if axis == 1 else x.mean(1)
+    return x.reshape(shape[axis], *x.shape[2:]).movedim(0, axis)
+
+
 # ---------------------------------------------------------------------------- model
 def chroma(x: torch.Tensor) -> torch.Tensor:
     """(B, 3, ...) -> each channel minus the per-pixel mean over channels (0 for grey pixels)."""
@@ -498,15 +513,22 @@ class VideoVAE(nn.Module):
 
         Every encoder/decoder tensor must find its match (same name and shape), except that a KL encoder's
         output conv (mean and log-variance channels) gives a non-KL encoder its mean half: a trained KL-VAE
-        starts a VQ/FSQ tokenizer that encodes to the KL-VAE's posterior mean. The quantizer is not touched
+        starts a VQ/FSQ tokenizer that encodes to the KL-VAE's posterior mean. A source with more temporal
+        stride (same widths) starts a model that folds no time into channels where the source did (e.g. s4t4 ->
+        s4t1, one latent frame per frame): the space-to-depth layers are collapsed over their frame pairs
+        (inputs summed, outputs averaged), exact for a clip that holds still. The quantizer is not touched
         (a VQ codebook seeds itself from the first batch). ValueError, copying nothing, if anything is missing.
         """
         own = {k: v for k, v in self.state_dict().items() if k.startswith(("encoder.", "decoder."))}
+        folds = self._folded_layers()
         take, bad = {}, []
         for name, dst in own.items():
             src = state.get(name)
             if src is not None and name.startswith("encoder.conv_out.") and src.shape[0] == 2 * dst.shape[0]:
                 src = src[:dst.shape[0]]  # KL posterior: (mean, logvar) channels -> mean
+            layer = name.rsplit(".", 1)[0]
+            if src is not None and layer in folds and src.shape != dst.shape:
+                src = _unfold_time(src, dst.shape, *folds[layer])
             if src is None or src.shape != dst.shape:
                 bad.append(f"{name} {tuple(dst.shape)} <- {None if src is None else tuple(src.shape)}")
             else:
@@ -516,6 +538,14 @@ class VideoVAE(nn.Module):
                              f"needed): " + "; ".join(bad[:4]) + (" ..." if len(bad) > 4 else ""))
         for name, src in take.items():
             own[name].copy_(src)
+
+    def _folded_layers(self) -> dict[str, tuple[int, tuple[int, int, int]]]:
+        """Layers whose channels fold a (t, h, w) pixel block: name -> (folded weight axis, block)."""
+        out = {"encoder.conv_in": (1, self.encoder.stem), "decoder.conv_out": (0, self.decoder.head)}
+        for name, mod in self.named_modules():
+            if isinstance(mod, (Downsample3d, Upsample3d)):
+                out[f"{name}.conv"] = (1 if isinstance(mod, Downsample3d) else 0, mod.stride)
+        return out
 
     def forward(self, x: torch.Tensor, sample_posterior: bool = True) -> dict:
         """dict(recon, loss, recon_loss, kl_loss, vq_loss, perplexity, counts, z[, codes]).

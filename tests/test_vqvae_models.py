@@ -5,10 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from einops import rearrange
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.layers import Downsample3d, ResBlock3d, Upsample3d, modulate, timestep_embedding  # noqa: E402
-from models.vqvae import PRESETS, VAEConfig, VectorQuantizer, VideoVAE, make_config  # noqa: E402
+from models.vqvae import PRESETS, VAEConfig, VectorQuantizer, VideoVAE, _unfold_time, make_config  # noqa: E402
 import models.vqvae as models_vqvae  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
@@ -372,3 +373,32 @@ def test_warm_start_vq_tokenizer_from_kl_vae():
     with pytest.raises(ValueError, match="encoder/decoder tensors do not match"):
         narrow.load_autoencoder(kl.state_dict())
     assert all(torch.equal(v, before[k]) for k, v in narrow.state_dict().items())  # nothing half-copied
+
+
+def test_warm_start_per_frame_tokenizer_from_temporally_strided_vae():
+    """An s4t4 VAE starts an s4t1 tokenizer (one latent frame per frame): its space-to-depth layers lose their
+    frame pairs -- inputs summed, outputs averaged -- so on a still clip they compute what the source computes."""
+    torch.manual_seed(0)
+    down4, down1 = Downsample3d(3, 5, (2, 2, 2)), Downsample3d(3, 5, (1, 2, 2))
+    up4, up1 = Upsample3d(5, 3, (2, 2, 2)), Upsample3d(5, 3, (1, 2, 2))
+    with torch.no_grad():
+        for small, big in ((down1, down4), (up1, up4)):
+            for name, p in small.conv.named_parameters():
+                axis = 1 if small is down1 and name == "weight" else 0
+                p.copy_(_unfold_time(getattr(big.conv, name), p.shape, axis, small.stride))
+        still = torch.randn(2, 3, 1, 8, 8).repeat(1, 1, 4, 1, 1)
+        a, b = down4(still), down1(still)  # (2, 5, 2, 4, 4) and (2, 5, 4, 4, 4)
+        assert torch.allclose(a[:, :, 0], b[:, :, 0], atol=1e-5) and torch.allclose(b[:, :, 0], b[:, :, 3], atol=1e-6)
+        z = torch.randn(2, 5, 1, 4, 4)
+        y4, y1 = up4(z), up1(z)  # 2 frames from the strided layer, 1 from the per-frame layer
+        assert torch.allclose(y1[:, :, 0], y4.mean(2), atol=1e-5)
+    src = VideoVAE(make_config("vae_s4t4_m", channels=(8, 16, 16), embedding_dim=4))
+    dst = VideoVAE(make_config("s4t1_m_vq", channels=(8, 16, 16), embedding_dim=4, n_codes=32))
+    dst.load_autoencoder(src.state_dict())
+    assert dst.latent_shape(16, 32, 32) == (4, 16, 8, 8)
+    still = clip(1, 1, 32, 32).repeat(1, 1, 16, 1, 1)
+    with torch.no_grad():  # the stems agree on a still clip (padding aside, at an inner frame)
+        s4 = src.encoder.conv_in(rearrange(still, "b c (t t2) (h h2) (w w2) -> b (c t2 h2 w2) t h w", t2=2, h2=2, w2=2))
+        s1 = dst.encoder.conv_in(rearrange(still, "b c t (h h2) (w w2) -> b (c h2 w2) t h w", h2=2, w2=2))
+    assert torch.allclose(s4[:, :, 3], s1[:, :, 6], atol=1e-5)
+    assert dst.decode(dst.encode(still)["z"]).shape == still.shape
