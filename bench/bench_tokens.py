@@ -3,7 +3,9 @@
 - the tokenizer (--vae): distinct codes and their entropy on digit cells (any digit pixel in the cell's 4x4x4
   block), on background cells next to a digit, and on background cells more than 3 cells from any digit (plain
   black: an ideal tokenizer gives them one code), and the entropy of those far-background codes given the
-  cell's (t, h, w) position (what a position embedding can learn of them);
+  cell's (t, h, w) position (what a position embedding can learn of them); and code persistence: of the cells
+  whose pixels do not change from one latent frame to the next (max |difference| < 8/255), the share that keep
+  their code, per transition (a model can only carry forward what the tokenizer keeps);
 - a GPT (--checkpoint, optional): per-token loss on digit and background cells, per latent frame, each token
   read with the context the sampler gives it (models.cfg.reanchor windows; null label). Later latent frames of
   a clip are nearly determined by the first (constant motion, same digits), so a model that reuses what it
@@ -23,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from minisora.data import VideoDataset  # noqa: E402
@@ -96,6 +99,12 @@ def main(argv=None):
                          "background > 3 cells from a digit": code_stats(codes, ~near)}}
     out["tokenizer"]["background > 3 cells from a digit"]["entropy given position"] = round(
         conditional_entropy(codes, ~near), 3)
+    blocks = rearrange(x, "n c (t a) (h b) (w d) -> n t h w (c a b d)", a=ts, b=ss, d=ss)
+    still = (blocks[:, 1:] - blocks[:, :-1]).abs().amax(-1) < 16 / 255  # model range: 8/255 of pixel range
+    kept = codes[:, 1:] == codes[:, :-1]
+    per = [round(float(kept[:, t][still[:, t]].float().mean()), 3) for t in range(kept.shape[1])]
+    out["tokenizer"]["code persistence"] = dict(unchanged_cells=round(float(still.float().mean()), 3),
+                                                kept=round(float(kept[still].float().mean()), 3), per_transition=per)
     print(f"[bench_tokens] tokenizer {a.vae}, {len(x)} val clips, code grid {tuple(codes.shape[1:])}")
     for k, v in out["tokenizer"].items():
         print(f"  {k}: " + ", ".join(f"{n} {v[n]}" for n in v))
