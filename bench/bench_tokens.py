@@ -5,7 +5,9 @@
   black: an ideal tokenizer gives them one code), and the entropy of those far-background codes given the
   cell's (t, h, w) position (what a position embedding can learn of them); and code persistence: of the cells
   whose pixels do not change from one latent frame to the next (max |difference| < 8/255), the share that keep
-  their code, per transition (a model can only carry forward what the tokenizer keeps);
+  their code, per transition (a model can only carry forward what the tokenizer keeps); with --merge D ..., the
+  same after mapping every code to the most used code within distance D of it in the codebook (near-duplicate
+  codes merged), with the PSNR of the merged codes' decoding: what a codebook without near-duplicates would give;
 - a GPT (--checkpoint, optional): per-token loss on digit and background cells, per latent frame, each token
   read with the context the sampler gives it (models.cfg.reanchor windows; null label). Later latent frames of
   a clip are nearly determined by the first (constant motion, same digits), so a model that reuses what it
@@ -38,6 +40,20 @@ def entropy(counts) -> float:
     p = np.asarray(list(counts), dtype=float)
     p = p / p.sum()
     return float(-(p * np.log(p)).sum())
+
+
+def merge_codes(codebook: torch.Tensor, codes: torch.Tensor, d: float) -> torch.Tensor:
+    """Every code -> the most used code within distance d of it (greedy in order of use): (K,) code map."""
+    dist = torch.cdist(codebook.float(), codebook.float())
+    use = torch.bincount(codes.flatten(), minlength=len(codebook))
+    to, heads = torch.arange(len(codebook)), []
+    for c in torch.argsort(use, descending=True).tolist():
+        near = [h for h in heads if dist[c, h] < d]
+        if near:
+            to[c] = near[0]
+        else:
+            heads.append(c)
+    return to
 
 
 def code_stats(codes: torch.Tensor, mask: torch.Tensor) -> dict:
@@ -80,6 +96,8 @@ def main(argv=None):
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--sequence_length", type=int, default=16)
     p.add_argument("--num_videos", type=int, default=32, help="val clips")
+    p.add_argument("--merge", type=float, nargs="*", default=[], metavar="D",
+                   help="also score code persistence with codes closer than D (codebook distance) merged")
     p.add_argument("--output", default=None, help="also write the numbers to this JSON file")
     a = p.parse_args(argv)
     ds = VideoDataset(a.dataset, "val", a.resolution, a.sequence_length, data_dir=a.data_dir)
@@ -105,6 +123,13 @@ def main(argv=None):
     per = [round(float(kept[:, t][still[:, t]].float().mean()), 3) for t in range(kept.shape[1])]
     out["tokenizer"]["code persistence"] = dict(unchanged_cells=round(float(still.float().mean()), 3),
                                                 kept=round(float(kept[still].float().mean()), 3), per_transition=per)
+    for d in a.merge:
+        merged = merge_codes(vae.module.quantizer.codebook.detach().cpu(), codes, d)[codes]
+        with torch.no_grad():
+            recon = vae.decode_codes(merged.to(vae.device)).cpu()
+        out["tokenizer"][f"codes merged below {d}"] = dict(
+            codes_in_use=int(merged.unique().numel()), kept=round(float((merged[:, 1:] == merged[:, :-1])[still].float().mean()), 3),
+            psnr=round(float(10 * torch.log10(4 / F.mse_loss(recon, x))), 2))
     print(f"[bench_tokens] tokenizer {a.vae}, {len(x)} val clips, code grid {tuple(codes.shape[1:])}")
     for k, v in out["tokenizer"].items():
         print(f"  {k}: " + ", ".join(f"{n} {v[n]}" for n in v))
