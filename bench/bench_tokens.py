@@ -32,6 +32,7 @@ from einops import rearrange
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from minisora.data import VideoDataset  # noqa: E402
 from minisora.generate import load_generator  # noqa: E402
+from minisora.metrics import psnr  # noqa: E402
 from minisora.resolve import load_vae  # noqa: E402
 from models.cfg import reanchor  # noqa: E402
 
@@ -119,17 +120,18 @@ def main(argv=None):
         conditional_entropy(codes, ~near), 3)
     blocks = rearrange(x, "n c (t a) (h b) (w d) -> n t h w (c a b d)", a=ts, b=ss, d=ss)
     still = (blocks[:, 1:] - blocks[:, :-1]).abs().amax(-1) < 16 / 255  # model range: 8/255 of pixel range
-    kept = codes[:, 1:] == codes[:, :-1]
-    per = [round(float(kept[:, t][still[:, t]].float().mean()), 3) for t in range(kept.shape[1])]
+    def kept(c):  # (N, t-1, h, w): the cell keeps its code from the previous latent frame
+        return c[:, 1:] == c[:, :-1]
+    per = [round(float(kept(codes)[:, t][still[:, t]].float().mean()), 3) for t in range(still.shape[1])]
     out["tokenizer"]["code persistence"] = dict(unchanged_cells=round(float(still.float().mean()), 3),
-                                                kept=round(float(kept[still].float().mean()), 3), per_transition=per)
+                                                kept=round(float(kept(codes)[still].float().mean()), 3), per_transition=per)
     for d in a.merge:
         merged = merge_codes(vae.module.quantizer.codebook.detach().cpu(), codes, d)[codes]
         with torch.no_grad():
             recon = vae.decode_codes(merged.to(vae.device)).cpu()
         out["tokenizer"][f"codes merged below {d}"] = dict(
-            codes_in_use=int(merged.unique().numel()), kept=round(float((merged[:, 1:] == merged[:, :-1])[still].float().mean()), 3),
-            psnr=round(float(10 * torch.log10(4 / F.mse_loss(recon, x))), 2))
+            codes_in_use=int(merged.unique().numel()), kept=round(float(kept(merged)[still].float().mean()), 3),
+            psnr=round(float(psnr(recon, x).mean()), 2))
     print(f"[bench_tokens] tokenizer {a.vae}, {len(x)} val clips, code grid {tuple(codes.shape[1:])}")
     for k, v in out["tokenizer"].items():
         print(f"  {k}: " + ", ".join(f"{n} {v[n]}" for n in v))
