@@ -50,6 +50,10 @@ def parse_args(argv=None):
     m.add_argument("--ema_decay", type=float, default=0.99, help="VQ codebook EMA decay")
     m.add_argument("--low_utilization_cost", type=float, default=0.0,
                    help="pull of every code toward its nearest encoder output (revives dead codes); VQ variants")
+    m.add_argument("--temporal_padding", default=None, choices=["zeros", "replicate"],
+                   help="how convolutions pad time at a clip's ends (default: the preset's, zeros). 'replicate' "
+                        "(copies of the edge frames) lets a tokenizer give unchanged content the same code at the "
+                        "clip's edges as inside it (bench/bench_tokens.py, code persistence)")
     m.add_argument("--init_from", default=None, metavar="CKPT",
                    help="warm start: encoder/decoder weights from a trained VAE checkpoint (path or wandb artifact) "
                         "of the same strides and widths, e.g. a KL-VAE to start a VQ tokenizer (its posterior mean "
@@ -91,6 +95,8 @@ def build_config(a):
     over["channels"] = tuple(channels)
     if a.n_res_layers is not None:
         over.update(num_res_blocks=a.n_res_layers, res_blocks=None)
+    if a.temporal_padding:
+        over["temporal_padding"] = a.temporal_padding
     cfg = make_config(a.network_variant, **over)
     if a.downsample and tuple(a.downsample) != (cfg.temporal_stride, cfg.spatial_stride, cfg.spatial_stride):
         raise ValueError(f"--downsample {a.downsample} does not match {a.network_variant}'s strides "

@@ -6,8 +6,9 @@
   cell's (t, h, w) position (what a position embedding can learn of them); and code persistence: of the cells
   whose pixels do not change from one latent frame to the next (max |difference| < 8/255), the share that keep
   their code, per transition (a model can only carry forward what the tokenizer keeps); with --merge D ..., the
-  same after mapping every code to the most used code within distance D of it in the codebook (near-duplicate
-  codes merged), with the PSNR of the merged codes' decoding: what a codebook without near-duplicates would give;
+  same with every code closer than D to a more used one switched off (near-duplicate codes merged, as
+  tokenize_videos.py --merge_codes D encodes), with the merged codes' PSNR: what a codebook without
+  near-duplicates gives;
 - a GPT (--checkpoint, optional): per-token loss on digit and background cells, per latent frame, each token
   read with the context the sampler gives it (models.cfg.reanchor windows; null label). Later latent frames of
   a clip are nearly determined by the first (constant motion, same digits), so a model that reuses what it
@@ -43,18 +44,17 @@ def entropy(counts) -> float:
     return float(-(p * np.log(p)).sum())
 
 
-def merge_codes(codebook: torch.Tensor, codes: torch.Tensor, d: float) -> torch.Tensor:
-    """Every code -> the most used code within distance d of it (greedy in order of use): (K,) code map."""
-    dist = torch.cdist(codebook.float(), codebook.float())
-    use = torch.bincount(codes.flatten(), minlength=len(codebook))
-    to, heads = torch.arange(len(codebook)), []
-    for c in torch.argsort(use, descending=True).tolist():
-        near = [h for h in heads if dist[c, h] < d]
-        if near:
-            to[c] = near[0]
-        else:
-            heads.append(c)
-    return to
+def encode_merged(vae, x: torch.Tensor, d: float) -> torch.Tensor:
+    """Codes of x with the tokenizer's codes closer than d merged, exactly as `tokenize_videos.py --merge_codes d`
+    encodes (VectorQuantizer.merge_near_duplicates: the nearest code left active); the tokenizer is left as it was."""
+    q = vae.module.quantizer
+    active = q.active.clone()
+    try:
+        q.merge_near_duplicates(d)
+        with torch.no_grad():
+            return vae.encode_codes(x).cpu()
+    finally:
+        q.active.copy_(active)
 
 
 def code_stats(codes: torch.Tensor, mask: torch.Tensor) -> dict:
@@ -98,7 +98,8 @@ def main(argv=None):
     p.add_argument("--sequence_length", type=int, default=16)
     p.add_argument("--num_videos", type=int, default=32, help="val clips")
     p.add_argument("--merge", type=float, nargs="*", default=[], metavar="D",
-                   help="also score code persistence with codes closer than D (codebook distance) merged")
+                   help="also score code persistence with codes closer than D (codebook distance) merged, as "
+                        "tokenize_videos.py --merge_codes D encodes")
     p.add_argument("--output", default=None, help="also write the numbers to this JSON file")
     a = p.parse_args(argv)
     ds = VideoDataset(a.dataset, "val", a.resolution, a.sequence_length, data_dir=a.data_dir)
@@ -126,7 +127,7 @@ def main(argv=None):
     out["tokenizer"]["code persistence"] = dict(unchanged_cells=round(float(still.float().mean()), 3),
                                                 kept=round(float(kept(codes)[still].float().mean()), 3), per_transition=per)
     for d in a.merge:
-        merged = merge_codes(vae.module.quantizer.codebook.detach().cpu(), codes, d)[codes]
+        merged = encode_merged(vae, x, d)
         with torch.no_grad():
             recon = vae.decode_codes(merged.to(vae.device)).cpu()
         out["tokenizer"][f"codes merged below {d}"] = dict(

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from minisora.data import VideoDataset, collate_videos, to_model_range
 from minisora.metrics import psnr
 from minisora.cli import VAE_HELP, add_bad_video_arg, add_vae_arg
-from minisora.resolve import VAEHandle, choose_vae, load_vae
+from minisora.resolve import VAEHandle, choose_vae, derive_vae, load_vae
 from minisora.stagefile import StageWriter, check_vae_matches, load_stage, token_dtype
 from minisora.video_io import VideoReadError, save_video_grid
 
@@ -34,6 +34,16 @@ def add_args(p: argparse.ArgumentParser, kind: str) -> None:
     add_bad_video_arg(p, default="raise")  # rows must stay aligned with the listed files
     p.add_argument("--output", default=None,
                    help=f"output .npy (default data/latents/<dataset>__<vae name>_{kind}_<T>frames_<split>.npy)")
+    p.add_argument("--temporal_padding", default=None, choices=["zeros", "replicate"],
+                   help="encode with this temporal padding instead of the VAE's own (project VAEs): 'replicate' pads "
+                        "a clip's ends with copies of its first/last frame, so unchanged content keeps its code at the "
+                        "clip's edges (zeros: the first and last latent frames differ from their neighbours). The "
+                        "changed VAE is saved as <output>.vae.ckpt and named in the sidecar")
+    if kind == "tokens":
+        p.add_argument("--merge_codes", type=float, default=None, metavar="D",
+                       help="VQ tokenizers: switch off every code closer than D (codebook distance) to a more used one "
+                            "before tokenizing (near-duplicate codes merged: codes persist where content does not "
+                            "change; see bench/bench_tokens.py --merge). Saved as <output>.vae.ckpt, like --temporal_padding")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--num_workers", type=int, default=2)
     p.add_argument("--decode", type=int, default=0, metavar="N",
@@ -71,6 +81,14 @@ def run(a, kind: str) -> Path:
         sys.exit(f"error: {e}")
     ds.on_error = "raise"  # past the probe, rows must stay aligned with ds.files: a file that fails to decode stops
     out = Path(a.output) if a.output else default_output(a, vae, kind)
+    if a.temporal_padding or getattr(a, "merge_codes", None):
+        try:
+            vae = derive_vae(vae, out.with_suffix(".vae.ckpt"), a.temporal_padding, getattr(a, "merge_codes", None))
+        except ValueError as e:
+            sys.exit(f"error: {e}")
+        d = vae.config.get("temporal_padding"), getattr(a, "merge_codes", None)
+        print(f"[{kind}] encoding with {vae.reference} (temporal padding {d[0]}"
+              + (f", codes closer than {d[1]} merged: {int(vae.module.quantizer.active.sum())} of {vae.n_codes} active)" if d[1] else ")"))
     if out.exists():
         print(f"[{kind}] {out} exists; delete it to recompute")
     else:

@@ -22,7 +22,7 @@ from einops import rearrange
 
 from models import build_model
 
-from minisora.checkpoint import find_checkpoint, load_checkpoint, module_state_dict
+from minisora.checkpoint import FORMAT_VERSION, atomic_save, find_checkpoint, load_checkpoint, module_state_dict
 
 WANDB_RE = re.compile(r"^[\w.-]+/[\w.-]+/[\w.-]+:[\w.-]+$")
 HF_RE = re.compile(r"^[\w.-]+/[\w.-]+$")
@@ -233,6 +233,29 @@ def load_vae(ref: str, device: str | torch.device = "cpu") -> VAEHandle:
     return VAEHandle(model, "project", ref, model_id(ref), cfg.embedding_dim, cfg.temporal_stride,
                      cfg.spatial_stride, 1.0, cfg.quantize, cfg.n_codes if cfg.quantize else None,
                      config=cfg.to_dict()).to(device)
+
+
+def derive_vae(vae: VAEHandle, path: str | os.PathLike, temporal_padding: str | None = None,
+               merge_codes: float | None = None) -> VAEHandle:
+    """A copy of a project VAE with its temporal padding changed and/or its near-duplicate codes merged
+    (VectorQuantizer.merge_near_duplicates), saved as a VAE checkpoint at `path` and loaded from there, so the
+    stage files it makes name a VAE that reproduces them. Both change only how clips are encoded (and, for the
+    padding, decoded); no weight changes."""
+    if vae.kind != "project":
+        raise ValueError(f"--temporal_padding / --merge_codes change a MiniSora VAE; {vae.reference} is {vae.kind}")
+    cfg = {**vae.config, **({"temporal_padding": temporal_padding} if temporal_padding else {})}
+    model = build_model("vae", cfg).to(vae.device)
+    model.load_state_dict(vae.module.state_dict())
+    derived = {"from": vae.reference, "temporal_padding": cfg.get("temporal_padding", "zeros")}
+    if merge_codes:
+        if not (cfg.get("quantize") and cfg.get("quantizer", "vq") == "vq"):
+            raise ValueError(f"--merge_codes needs a VQ tokenizer (an EMA codebook); {vae.reference} has none")
+        derived.update(merge_codes=merge_codes, active_codes=model.quantizer.merge_near_duplicates(merge_codes))
+    source = load_checkpoint(resolve_checkpoint_path(vae.reference), mmap=True)["minisora"]
+    meta = {**{k: v for k, v in source.items() if k != "path"}, "format_version": FORMAT_VERSION,
+            "config": model.config.to_dict(), "derived": derived}
+    atomic_save({"state_dict": {f"model.{k}": v.cpu() for k, v in model.state_dict().items()}, "minisora": meta}, path)
+    return load_vae(os.fspath(path), vae.device)
 
 
 def load_stage_and_vae(path: str, kind: str, vae: str | None, script: str, device="cpu"):

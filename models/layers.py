@@ -53,21 +53,34 @@ class Conv3d(nn.Conv3d):
     Per axis the total padding is kernel - stride, split evenly (the extra pixel goes
     right). causal=True puts all temporal padding in the past, so output frame i
     only sees input frames <= i * stride_t + stride_t - 1.
+
+    temporal_padding="replicate" pads time with copies of the first/last frame instead of zeros: a clip's
+    edge frames then look like the inside of a still clip, so a tokenizer gives unchanged content the same
+    code at the edges as inside (zeros make the first and last few latent frames differ from their
+    neighbours even where nothing moved; see bench/bench_tokens.py, code persistence). Space keeps zeros.
     """
 
-    def __init__(self, cin, cout, kernel=3, stride=1, causal=False):
+    def __init__(self, cin, cout, kernel=3, stride=1, causal=False, temporal_padding="zeros"):
+        if temporal_padding not in ("zeros", "replicate"):
+            raise ValueError(f"temporal_padding must be 'zeros' or 'replicate', got {temporal_padding!r}")
         k, s = _triple(kernel), _triple(stride)
         pads = []  # (left, right) per axis t, h, w
         for i, (ki, si) in enumerate(zip(k, s)):
             total = ki - si
             left = total if (causal and i == 0) else total // 2
             pads.append((left, total - left))
+        self.time_pad = pads[0] if temporal_padding == "replicate" and any(pads[0]) else None
+        if self.time_pad:
+            pads[0] = (0, 0)
         symmetric = all(l == r for l, r in pads)
         super().__init__(cin, cout, k, s, padding=tuple(l for l, _ in pads) if symmetric else 0)
         # F.pad wants the last axis first: (w_l, w_r, h_l, h_r, t_l, t_r)
         self.pad = None if symmetric else tuple(p for lr in reversed(pads) for p in lr)
 
     def forward(self, x):
+        if self.time_pad is not None:
+            (l, r), t = self.time_pad, x.shape[2]
+            x = x[:, :, torch.arange(-l, t + r, device=x.device).clamp(0, t - 1)]
         if self.pad is not None:
             x = F.pad(x, self.pad)
         return super().forward(x)
@@ -77,14 +90,14 @@ class ResBlock3d(nn.Module):
     """norm -> SiLU -> conv3d -> norm -> SiLU -> (dropout) -> conv3d, plus skip (1x1x1 conv if channels change)."""
 
     def __init__(self, cin: int, cout: int | None = None, dropout: float = 0.0, causal: bool = False,
-                 group_channels: int = 4):
+                 group_channels: int = 4, temporal_padding: str = "zeros"):
         super().__init__()
         cout = cout or cin
         self.norm1 = Normalize(cin, per_frame=causal, group_channels=group_channels)
-        self.conv1 = Conv3d(cin, cout, 3, causal=causal)
+        self.conv1 = Conv3d(cin, cout, 3, causal=causal, temporal_padding=temporal_padding)
         self.norm2 = Normalize(cout, per_frame=causal, group_channels=group_channels)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = Conv3d(cout, cout, 3, causal=causal)
+        self.conv2 = Conv3d(cout, cout, 3, causal=causal, temporal_padding=temporal_padding)
         self.skip = nn.Identity() if cin == cout else nn.Conv3d(cin, cout, 1)
 
     def forward(self, x):

@@ -35,6 +35,7 @@ class VAEConfig:
     num_res_blocks: int = 1
     res_blocks: tuple[int, ...] | None = None  # per-level override of num_res_blocks
     causal: bool = False              # causal in time (past-only padding, per-frame norms)
+    temporal_padding: str = "zeros"   # "replicate": edge frames padded with copies (codes persist at clip edges)
     group_channels: int = 4           # >= this many channels per GroupNorm group (0: old layout, up to 32 groups)
     dropout: float = 0.0
     kl_weight: float = 1e-3           # weight of kl_loss (mean per latent element) in the total loss
@@ -50,6 +51,8 @@ class VAEConfig:
         self.fsq_levels = tuple(int(n) for n in self.fsq_levels)
         if self.quantizer not in ("vq", "fsq"):
             raise ValueError(f"quantizer must be 'vq' or 'fsq', got {self.quantizer!r}")
+        if self.temporal_padding not in ("zeros", "replicate"):
+            raise ValueError(f"temporal_padding must be 'zeros' or 'replicate', got {self.temporal_padding!r}")
         if self.quantizer == "fsq":
             if self.embedding_dim != len(self.fsq_levels) or min(self.fsq_levels) < 2:
                 raise ValueError(f"FSQ quantizes each latent channel to its own levels: embedding_dim "
@@ -183,6 +186,11 @@ class VectorQuantizer(nn.Module):
       output in the batch had been assigned to it with weight lam. This is folded into the EMA
       statistics, so a used code (count >> lam) barely moves while an unused code drifts to the
       data it is closest to instead of staying dead.
+    * merge_near_duplicates(d) switches off every code within distance d of a more used one (buffer
+      `active`): encoding then picks the nearest active code. Dead-code re-seeding fills the codebook with
+      near-copies of common latents (mostly plain black), so one content gets several codes and a code
+      seldom survives from one frame to the next even where nothing moved; merging them makes codes persist
+      at almost no reconstruction cost (bench/bench_tokens.py --merge). Re-seeded codes are active again.
     """
 
     def __init__(self, n_codes: int, dim: int, commitment_cost: float = 0.25, ema_decay: float = 0.99,
@@ -195,6 +203,11 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("cluster_size", torch.ones(n_codes))
         self.register_buffer("embed_sum", self.codebook.clone())
         self.register_buffer("initialized", torch.tensor(False))
+        self.register_buffer("active", torch.ones(n_codes, dtype=torch.bool))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        state_dict.setdefault(prefix + "active", torch.ones(self.n_codes, dtype=torch.bool))  # older checkpoints
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -- nearest code search ------------------------------------------------------
     @torch.no_grad()
@@ -206,7 +219,7 @@ class VectorQuantizer(nn.Module):
         """
         with torch.autocast(flat.device.type, enabled=False):
             flat, cb = flat.float(), self.codebook.float()
-            c2 = (cb * cb).sum(1)
+            c2 = (cb * cb).sum(1).masked_fill(~self.active, float("inf"))  # switched-off codes are never picked
             idx = torch.empty(len(flat), dtype=torch.long, device=flat.device)
             best_d = torch.full((self.n_codes,), float("inf"), device=flat.device)
             best_i = torch.zeros(self.n_codes, dtype=torch.long, device=flat.device)
@@ -234,6 +247,19 @@ class VectorQuantizer(nn.Module):
         return rearrange(F.embedding(codes, self.codebook), "b t h w e -> b e t h w")
 
     # -- codebook maintenance -----------------------------------------------------
+    @torch.no_grad()
+    def merge_near_duplicates(self, d: float, usage: torch.Tensor | None = None) -> int:
+        """Switch off every code closer than d to a more used active code (greedy in order of usage, default the
+        EMA assignment counts). Returns the number of codes left active."""
+        usage = self.cluster_size if usage is None else usage.to(self.codebook.device).float()
+        dist_ = torch.cdist(self.codebook.float(), self.codebook.float())
+        keep = torch.zeros_like(self.active)
+        for c in torch.argsort(usage.masked_fill(~self.active, -1.0), descending=True).tolist():
+            if self.active[c] and not (dist_[c][keep] < d).any():
+                keep[c] = True
+        self.active.copy_(keep)
+        return int(keep.sum())
+
     @torch.no_grad()
     def _init_codebook(self, flat):
         self.codebook.copy_(_sample_rows(flat, self.n_codes))
@@ -279,6 +305,7 @@ class VectorQuantizer(nn.Module):
             self.codebook[dead] = new
             self.embed_sum[dead] = new
             self.cluster_size[dead] = 1.0
+            self.active[dead] = True
         return n
 
     # -- forward ------------------------------------------------------------------
@@ -378,21 +405,22 @@ class Encoder(nn.Module):
 
     def __init__(self, cfg: VAEConfig):
         super().__init__()
-        ch, c = cfg.channels, cfg.causal
+        ch, c, tp = cfg.channels, cfg.causal, cfg.temporal_padding
         strides = _nontrivial(cfg.level_strides())
         self.stem = strides[0] if strides else (1, 1, 1)
-        self.conv_in = Conv3d(cfg.in_channels * math.prod(self.stem), ch[0], 3, causal=c)
+        self.conv_in = Conv3d(cfg.in_channels * math.prod(self.stem), ch[0], 3, causal=c, temporal_padding=tp)
         blocks, prev = [], ch[0]
         for i, width in enumerate(ch):
             for _ in range(cfg.blocks_at(i)):
-                blocks.append(ResBlock3d(prev, width, cfg.dropout, causal=c, group_channels=cfg.group_channels))
+                blocks.append(ResBlock3d(prev, width, cfg.dropout, causal=c, group_channels=cfg.group_channels,
+                                         temporal_padding=tp))
                 prev = width
             if i + 1 < len(strides):
                 blocks.append(Downsample3d(prev, prev, strides[i + 1]))  # causal by construction
         self.blocks = nn.Sequential(*blocks)
         self.norm_out = Normalize(prev, per_frame=c, group_channels=cfg.group_channels)
         out = cfg.embedding_dim * (2 if cfg.kl else 1)
-        self.conv_out = Conv3d(prev, out, 3, causal=c)
+        self.conv_out = Conv3d(prev, out, 3, causal=c, temporal_padding=tp)
 
     def forward(self, x):
         t, h, w = self.stem
@@ -405,22 +433,23 @@ class Decoder(nn.Module):
 
     def __init__(self, cfg: VAEConfig):
         super().__init__()
-        ch, c = cfg.channels, cfg.causal
+        ch, c, tp = cfg.channels, cfg.causal, cfg.temporal_padding
         strides = _nontrivial(cfg.level_strides())
         self.head = strides[0] if strides else (1, 1, 1)
         prev = ch[-1]
-        self.conv_in = Conv3d(cfg.embedding_dim, prev, 3, causal=c)
+        self.conv_in = Conv3d(cfg.embedding_dim, prev, 3, causal=c, temporal_padding=tp)
         blocks = []
         for i in reversed(range(len(ch))):
             for _ in range(cfg.blocks_at(i)):
-                blocks.append(ResBlock3d(prev, ch[i], cfg.dropout, causal=c, group_channels=cfg.group_channels))
+                blocks.append(ResBlock3d(prev, ch[i], cfg.dropout, causal=c, group_channels=cfg.group_channels,
+                                         temporal_padding=tp))
                 prev = ch[i]
             if 0 < i < len(strides):
                 blocks.append(Upsample3d(prev, ch[i - 1], strides[i]))  # causal by construction
                 prev = ch[i - 1]
         self.blocks = nn.Sequential(*blocks)
         self.norm_out = Normalize(prev, per_frame=c, group_channels=cfg.group_channels)
-        self.conv_out = Conv3d(prev, cfg.in_channels * math.prod(self.head), 3, causal=c)
+        self.conv_out = Conv3d(prev, cfg.in_channels * math.prod(self.head), 3, causal=c, temporal_padding=tp)
 
     def forward(self, z):
         t, h, w = self.head

@@ -40,6 +40,29 @@ def test_tokens_dtype_range_and_decode(tiny_data, tiny_vaes, tmp_path):
     assert token_dtype(256) == np.uint8 and token_dtype(257) == np.uint16 and token_dtype(5120) == np.uint16
 
 
+def test_tokenize_with_replicate_padding_and_merged_codes_names_the_changed_tokenizer(tiny_data, tiny_vaes, tmp_path):
+    from minisora.resolve import load_vae
+    out_file = tmp_path / "tok.npy"
+    out = run("tokenize_videos.py", ["--dataset", "tiny", "--data_dir", str(tiny_data), "--batch_size", "8",
+                                     "--vae", str(tiny_vaes["vq"]), "--resolution", "32", "--sequence_length", "8",
+                                     "--num_workers", "0", "--output", str(out_file), "--decode", "1",
+                                     "--temporal_padding", "replicate", "--merge_codes", "0.5"], tmp_path)
+    arr, meta = load_stage(out_file, expect_kind="tokens")
+    derived = tmp_path / "tok.vae.ckpt"
+    assert meta["vae"]["reference"] == str(derived) and meta["vae"]["config"]["temporal_padding"] == "replicate"
+    vae, orig = load_vae(str(derived)), load_vae(str(tiny_vaes["vq"]))
+    active = vae.module.quantizer.active
+    assert vae.config["temporal_padding"] == "replicate" and orig.config["temporal_padding"] == "zeros"
+    assert 0 < int(active.sum()) < 300 and active[np.unique(arr)].all()  # only codes left active are used
+    assert "merged" in out.stdout and "PSNR" in out.stdout
+    sd, so = vae.module.state_dict(), orig.module.state_dict()
+    assert all(torch.equal(sd[k], so[k]) for k in so if k != "quantizer.active")  # no weight changed
+    bad = run("tokenize_videos.py", ["--dataset", "tiny", "--data_dir", str(tiny_data), "--vae", str(tiny_vaes["kl"]),
+                                     "--resolution", "32", "--sequence_length", "8", "--merge_codes", "0.5"],
+              tmp_path, ok=False)
+    assert bad.returncode != 0 and "does not quantize" in bad.stderr
+
+
 def test_interrupt_and_resume_gives_identical_file(tmp_path):
     rows = np.random.default_rng(0).normal(size=(10, 2, 3)).astype(np.float32)
     meta = {"kind": "latents", "source": {"a": 1}, "vae": {"b": 2}}

@@ -180,6 +180,42 @@ def test_reinit_dead_codes():
     assert torch.cdist(q.codebook[dead], z).min(1).values.max() < 0.2  # close to encoder outputs
 
 
+def test_merge_near_duplicates_gives_one_code_per_content_and_loads_old_checkpoints():
+    torch.manual_seed(0)
+    q = VectorQuantizer(6, 2).eval()
+    base = torch.tensor([[0.0, 0.0], [5.0, 0.0], [0.0, 5.0]])
+    q.codebook.copy_(torch.cat([base, base + 0.05]))  # codes 3-5: near-copies of 0-2
+    q.cluster_size.copy_(torch.tensor([1.0, 9, 1, 9, 1, 9]))
+    z = torch.cat([base + 0.03, base + 0.02])  # each content once just past the midpoint, once just before it
+    assert q.nearest(z).tolist() == [3, 4, 5, 0, 1, 2]  # a duplicate pair splits one content over two codes
+    assert q.merge_near_duplicates(0.2) == 3
+    assert q.active.tolist() == [False, True, False, True, False, True]  # the more used of each pair stays
+    assert q.nearest(z).tolist() == [3, 1, 5, 3, 1, 5]
+    n = q.reinit_dead_codes(torch.randn(20, 2), torch.tensor([0, 1, 1, 1, 1, 1.0]))
+    assert n == 1 and q.active[0]  # a re-seeded code is a new code, active again
+    old = {k: v for k, v in VectorQuantizer(6, 2).state_dict().items() if k != "active"}
+    fresh = VectorQuantizer(6, 2)
+    fresh.load_state_dict(old)  # checkpoints from before `active` load (strict), every code active
+    assert fresh.active.all()
+
+
+@pytest.mark.parametrize("padding", ["zeros", "replicate"])
+def test_replicate_temporal_padding_encodes_a_still_clip_the_same_at_its_edges(padding):
+    torch.manual_seed(0)
+    m = VideoVAE(make_config("s4t1_m_vq", channels=(8, 16, 16), n_codes=32, temporal_padding=padding)).eval()
+    x = clip(1, 8, 16, 16)[:, :, :1].expand(-1, -1, 8, -1, -1)  # one frame held for 8 frames
+    with torch.no_grad():
+        z = m.encoder(x)
+        y = m.decoder(z)
+    z_gap, y_gap = (z - z[:, :, 4:5]).abs().amax().item(), (y - y[:, :, 4:5]).abs().amax().item()
+    if padding == "replicate":
+        assert z_gap < 1e-5 and y_gap < 1e-5  # every latent frame (and decoded frame) alike, edges included
+    else:
+        assert z_gap > 1e-3  # zero padding makes the edge frames differ from the inside
+    with pytest.raises(ValueError, match="temporal_padding"):
+        make_config("s4t1_m_vq", temporal_padding="reflect")
+
+
 # ---------------------------------------------------------------- whole models
 @pytest.mark.parametrize("variant", ["s4t4_b_vq", "vae_s4t4_b"])
 def test_overfit_one_clip(variant):
