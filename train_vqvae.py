@@ -51,7 +51,7 @@ def parse_args(argv=None):
     m.add_argument("--low_utilization_cost", type=float, default=0.0,
                    help="pull of every code toward its nearest encoder output (revives dead codes); VQ variants")
     m.add_argument("--temporal_padding", default=None, choices=["zeros", "replicate"],
-                   help="how convolutions pad time at a clip's ends (default: the preset's, zeros). 'replicate' "
+                   help="how convolutions pad time at a clip's ends (default: the preset's; replicate for s4t1_m_vq, else zeros). 'replicate' "
                         "(copies of the edge frames) lets a tokenizer give unchanged content the same code at the "
                         "clip's edges as inside it (bench/bench_tokens.py, code persistence)")
     m.add_argument("--init_from", default=None, metavar="CKPT",

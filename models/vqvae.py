@@ -145,7 +145,9 @@ PRESETS: dict[str, dict] = {
     # mid-size (CPU-small quality runs)
     "s4t4_m": _p(4, 4, **_MID),
     "s4t4_m_vq": _p(4, 4, **_MID, quantize=True),
-    "s4t1_m_vq": _p(4, 1, **_MID, quantize=True),  # one latent frame per frame; warm-starts from vae_s4t4_m
+    # one latent frame per frame; warm-starts from vae_s4t4_m. Replicate padding: codes persist at the clip's
+    # edges (README, code persistence: 45% -> 72% of unchanged cells keep their code, same PSNR)
+    "s4t1_m_vq": _p(4, 1, **_MID, quantize=True, temporal_padding="replicate"),
     "vae_s4t4_m": _p(4, 4, **_MID, kl=True),
     "vae_s4t2_m": _p(4, 2, **_MID, kl=True),
     "vae_s4t1_m": _p(4, 1, (32, 64, 64), res_blocks=(1, 1, 1), kl=True),

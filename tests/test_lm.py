@@ -3,6 +3,7 @@ import functools
 import json
 import csv
 
+import numpy as np
 import pytest
 import torch
 
@@ -239,7 +240,7 @@ def test_seed_commands_run_with_tiny_overrides(script, seed, tiny, tiny_stage_fi
         assert torch.load(tmp_path / script[:-3] / "resumed/checkpoints/last.ckpt", weights_only=True)["global_step"] == 6
 
 
-def test_sparse_context_window_script(tiny_stage_files, tmp_path):
+def test_sparse_context_window_script(tiny_stage_files, tiny_data, tmp_path):
     args = ["--tokens_input_file", tiny_stage_files["tokens"], *TINY_LM, "--block_size", "64", "--n_layer", "1",
             "--n_head", "2", "--n_embd", "32", "--output_dir", tmp_path, "--run_name", "sparse",
             "--sparse_context_window", "--context_stride", "2", "--context_stride_start", "16"]
@@ -249,6 +250,13 @@ def test_sparse_context_window_script(tiny_stage_files, tmp_path):
     smp = run("sample.py", ["--checkpoint", tmp_path / "train_latent_nanogpt/sparse/checkpoints/last.ckpt",
                             "--num_videos", 1, "--output_dir", tmp_path / "smp"], tmp_path)
     assert (tmp_path / "smp/000.mp4").exists() and "1 videos" in smp.stdout
+    # bench/picture.py: samples | continuations, one video per column, the chosen frames top to bottom
+    run("bench/picture.py", ["--checkpoint", tmp_path / "train_latent_nanogpt/sparse/checkpoints/last.ckpt", "--dataset",
+                             "tiny", "--data_dir", tiny_data, "--resolution", 32, "--sequence_length", 8, "--num", 2,
+                             "--given", 4, "--frames", 0, 7, "--output", tmp_path / "pic.png"], tmp_path)
+    from PIL import Image
+    pic = np.asarray(Image.open(tmp_path / "pic.png"))
+    assert pic.shape == (2 * 32, 2 * 32 + 8 + 2 * 32, 3) and (pic[:, 64:72] == 255).all()
     bad = run("train_latent_nanogpt.py", args[:-4] + ["--context_stride_start", "64"], tmp_path, ok=False)
     assert bad.returncode != 0 and "context_dense" in bad.stderr and "Traceback" not in bad.stderr
 
