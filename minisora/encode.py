@@ -81,14 +81,15 @@ def run(a, kind: str) -> Path:
         sys.exit(f"error: {e}")
     ds.on_error = "raise"  # past the probe, rows must stay aligned with ds.files: a file that fails to decode stops
     out = Path(a.output) if a.output else default_output(a, vae, kind)
-    if a.temporal_padding or getattr(a, "merge_codes", None):
+    merge = getattr(a, "merge_codes", None)
+    if a.temporal_padding or merge:
         try:
-            vae = derive_vae(vae, out.with_suffix(".vae.ckpt"), a.temporal_padding, getattr(a, "merge_codes", None))
+            vae = derive_vae(vae, out.with_suffix(".vae.ckpt"), a.temporal_padding, merge)
         except ValueError as e:
             sys.exit(f"error: {e}")
-        d = vae.config.get("temporal_padding"), getattr(a, "merge_codes", None)
-        print(f"[{kind}] encoding with {vae.reference} (temporal padding {d[0]}"
-              + (f", codes closer than {d[1]} merged: {int(vae.module.quantizer.active.sum())} of {vae.n_codes} active)" if d[1] else ")"))
+        print(f"[{kind}] encoding with {vae.reference}: temporal padding {vae.config.get('temporal_padding')}" + (
+            f", codes closer than {merge} merged ({int(vae.module.quantizer.active.sum())} of {vae.n_codes} active)"
+            if merge else ""))
     if out.exists():
         print(f"[{kind}] {out} exists; delete it to recompute")
     else:
