@@ -22,6 +22,7 @@ from minisora.data import VideoDataset, collate_videos
 from minisora.lit_vae import LitVAE
 from minisora.resolve import resolve_checkpoint_path
 from minisora.training import fit, start_run
+from models.layers import TEMPORAL_PADDINGS
 from models.vqvae import PRESETS, VideoVAE, make_config
 
 
@@ -50,7 +51,7 @@ def parse_args(argv=None):
     m.add_argument("--ema_decay", type=float, default=0.99, help="VQ codebook EMA decay")
     m.add_argument("--low_utilization_cost", type=float, default=0.0,
                    help="pull of every code toward its nearest encoder output (revives dead codes); VQ variants")
-    m.add_argument("--temporal_padding", default=None, choices=["zeros", "replicate"],
+    m.add_argument("--temporal_padding", default=None, choices=TEMPORAL_PADDINGS,
                    help="how convolutions pad time at a clip's ends (default: the preset's; replicate for s4t1_m_vq, else zeros). 'replicate' "
                         "(copies of the edge frames) lets a tokenizer give unchanged content the same code at the "
                         "clip's edges as inside it (bench/bench_tokens.py, code persistence)")

@@ -123,9 +123,10 @@ def main(argv=None):
     still = (blocks[:, 1:] - blocks[:, :-1]).abs().amax(-1) < 16 / 255  # model range: 8/255 of pixel range
     def kept(c):  # (N, t-1, h, w): the cell keeps its code from the previous latent frame
         return c[:, 1:] == c[:, :-1]
-    per = [round(float(kept(codes)[:, t][still[:, t]].float().mean()), 3) for t in range(still.shape[1])]
+    same = kept(codes)
+    per = [round(float(same[:, t][still[:, t]].float().mean()), 3) for t in range(still.shape[1])]
     out["tokenizer"]["code persistence"] = dict(unchanged_cells=round(float(still.float().mean()), 3),
-                                                kept=round(float(kept(codes)[still].float().mean()), 3), per_transition=per)
+                                                kept=round(float(same[still].float().mean()), 3), per_transition=per)
     for d in a.merge:
         merged = encode_merged(vae, x, d)
         with torch.no_grad():

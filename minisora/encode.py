@@ -12,6 +12,8 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from models.layers import TEMPORAL_PADDINGS
+
 from minisora.data import VideoDataset, collate_videos, to_model_range
 from minisora.metrics import psnr
 from minisora.cli import VAE_HELP, add_bad_video_arg, add_vae_arg
@@ -34,7 +36,7 @@ def add_args(p: argparse.ArgumentParser, kind: str) -> None:
     add_bad_video_arg(p, default="raise")  # rows must stay aligned with the listed files
     p.add_argument("--output", default=None,
                    help=f"output .npy (default data/latents/<dataset>__<vae name>_{kind}_<T>frames_<split>.npy)")
-    p.add_argument("--temporal_padding", default=None, choices=["zeros", "replicate"],
+    p.add_argument("--temporal_padding", default=None, choices=TEMPORAL_PADDINGS,
                    help="encode with this temporal padding instead of the VAE's own (project VAEs): 'replicate' pads "
                         "a clip's ends with copies of its first/last frame, so unchanged content keeps its code at the "
                         "clip's edges (zeros: the first and last latent frames differ from their neighbours). The "

@@ -47,6 +47,9 @@ def _triple(v):
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v, v)
 
 
+TEMPORAL_PADDINGS = ("zeros", "replicate")  # Conv3d(temporal_padding=...): how time is padded at a clip's ends
+
+
 class Conv3d(nn.Conv3d):
     """Conv3d whose padding makes every output size exactly input_size / stride.
 
@@ -61,8 +64,8 @@ class Conv3d(nn.Conv3d):
     """
 
     def __init__(self, cin, cout, kernel=3, stride=1, causal=False, temporal_padding="zeros"):
-        if temporal_padding not in ("zeros", "replicate"):
-            raise ValueError(f"temporal_padding must be 'zeros' or 'replicate', got {temporal_padding!r}")
+        if temporal_padding not in TEMPORAL_PADDINGS:
+            raise ValueError(f"temporal_padding must be one of {TEMPORAL_PADDINGS}, got {temporal_padding!r}")
         k, s = _triple(kernel), _triple(stride)
         pads = []  # (left, right) per axis t, h, w
         for i, (ki, si) in enumerate(zip(k, s)):

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from .layers import Conv3d, Downsample3d, Normalize, ResBlock3d, Upsample3d
+from .layers import TEMPORAL_PADDINGS, Conv3d, Downsample3d, Normalize, ResBlock3d, Upsample3d
 
 
 # ---------------------------------------------------------------------------- config
@@ -51,8 +51,8 @@ class VAEConfig:
         self.fsq_levels = tuple(int(n) for n in self.fsq_levels)
         if self.quantizer not in ("vq", "fsq"):
             raise ValueError(f"quantizer must be 'vq' or 'fsq', got {self.quantizer!r}")
-        if self.temporal_padding not in ("zeros", "replicate"):
-            raise ValueError(f"temporal_padding must be 'zeros' or 'replicate', got {self.temporal_padding!r}")
+        if self.temporal_padding not in TEMPORAL_PADDINGS:
+            raise ValueError(f"temporal_padding must be one of {TEMPORAL_PADDINGS}, got {self.temporal_padding!r}")
         if self.quantizer == "fsq":
             if self.embedding_dim != len(self.fsq_levels) or min(self.fsq_levels) < 2:
                 raise ValueError(f"FSQ quantizes each latent channel to its own levels: embedding_dim "
