@@ -14,6 +14,8 @@ import argparse
 import functools
 import sys
 
+import torch
+
 from minisora.cli import add_lm_args, add_run_args
 from minisora.data import NUM_DIGITS, stage_labels, token_splits
 from minisora.lit_gpt import LitLM
@@ -41,6 +43,9 @@ def main(argv=None):
                         "(sampling then recomputes the window every step: no KV cache)")
     m.add_argument("--context_stride", type=int, default=2, help="with --sparse_context_window")
     m.add_argument("--context_stride_start", type=int, default=32, help="with --sparse_context_window: dense tail length")
+    m.add_argument("--code_embeddings", action="store_true",
+                   help="add to each code's learned embedding (input and tied output) a learned projection of its "
+                        "tokenizer codebook vector, so codes that decode alike start out alike (README: GPT ablations)")
     m.add_argument("--mamba", action="store_true",
                    help="train a Mamba instead: runs train_latent_mamba.py with the other flags (see its --help)")
     add_lm_args(p)
@@ -52,6 +57,10 @@ def main(argv=None):
         cfg = dict(vocab_size=n_codes + 1, grid=list(arr.shape[1:]), block_size=a.block_size, n_layer=a.n_layer,
                    n_head=a.n_head, n_embd=a.n_embd, dropout=a.dropout,
                    num_classes=NUM_DIGITS if a.class_conditional else 0, pos_emb=a.pos_emb)
+        codebook = None
+        if a.code_embeddings:  # (n_codes, E): every code's vector in the tokenizer's latent space
+            codebook = vae.codes_to_vectors(torch.arange(n_codes).view(1, 1, 1, -1))[0, :, 0, 0].t()
+            cfg["code_dim"] = codebook.shape[1]
         context = None
         if a.sparse_context_window:
             cfg.update(context_stride=a.context_stride, context_dense=a.context_stride_start)
@@ -65,6 +74,8 @@ def main(argv=None):
         sys.exit(f"error: {e}")
     out = start_run(a, SCRIPT)
     module = LitLM.from_flags(a, "gpt", cfg, n_codes, arr, vae, str(out / "samples"), val.rows)
+    if codebook is not None:
+        module.model.set_code_vectors(codebook)
     fit(a, module, train, val, out=out, script=SCRIPT, checkpoints=LitLM.checkpoints)
 
 

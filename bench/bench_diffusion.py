@@ -6,6 +6,7 @@ upstream's 1000-step ancestral DDPM vs a 25-step DPM-Solver++.
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -23,7 +24,9 @@ UPSTREAM = {"Latte-S/2 4×32², B=2": (1.933, 1.087, 0.370), "ST-DiT d6 h768, 4�
             "ST-DiT d16 h768 heads12, 4×8×32², B=1": (11.54, 6.37, None), "Latte-T/2 4×32², B=2": (0.387, 0.212, 0.054)}
 
 
-def main():
+def main(argv=None):
+    argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)  # --help
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
     print(f"device {dev}, torch {torch.__version__}; measured matmul peak: fp32 {peak32 / 1e9:.0f} GFLOP/s, "

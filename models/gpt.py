@@ -35,6 +35,8 @@ class GPTConfig:
     context_dense: int = 32          # with context_stride > 1: the last tokens kept densely
     num_classes: int = 0             # > 0: conditioned on a multi-hot label set (the digits present), CFG dropout
     class_dropout: float = 0.1       # training: whole-prompt dropout to the null label (classifier-free guidance)
+    code_dim: int = 0                # > 0: each code's embedding also gets a learned projection of its codebook
+                                     # vector (set_code_vectors), so codes that decode alike start out alike
 
     def __post_init__(self):
         self.grid = tuple(int(g) for g in self.grid)
@@ -128,6 +130,9 @@ class GPT(ClassConditioned, nn.Module):
         self.ln_f = nn.LayerNorm(c.n_embd, bias=c.bias)
         self.head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
         self.head.weight = self.wte.weight  # weight tying
+        if c.code_dim:  # the tokenizer's code vectors (BOS row 0), normalised; a projection of them joins the table
+            self.register_buffer("code_vectors", torch.zeros(c.vocab_size, c.code_dim))
+            self.code_proj = nn.Linear(c.code_dim, c.n_embd, bias=False)
         self.apply(self._init)
         for name, p in self.named_parameters():
             if name.endswith(("attn.proj.weight", "mlp.2.weight")):
@@ -143,6 +148,22 @@ class GPT(ClassConditioned, nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    @torch.no_grad()
+    def set_code_vectors(self, vectors: torch.Tensor) -> None:
+        """(n_codes, code_dim) codebook vectors of the tokenizer (code_dim > 0), standardised per channel."""
+        c = self.config
+        if not c.code_dim or tuple(vectors.shape) != (c.vocab_size - 1, c.code_dim):
+            raise ValueError(f"code vectors of shape {tuple(vectors.shape)} for a GPT with {c.vocab_size - 1} codes of "
+                             f"code_dim {c.code_dim}")
+        v = vectors.float()
+        self.code_vectors[:-1] = (v - v.mean(0)) / v.std(0).clamp_min(1e-6)
+        self.code_vectors[-1] = 0
+
+    def token_table(self) -> torch.Tensor:
+        """(V, n_embd): the embedding of every token (input and, tied, output)."""
+        t = self.wte.weight
+        return t + self.code_proj(self.code_vectors) if self.config.code_dim else t
+
     def position(self, pos: torch.Tensor) -> torch.Tensor:
         """Embedding of sequence positions (0 = BOS: no position; i >= 1 = code i - 1 of the grid)."""
         return self.pos(pos) if self.config.pos_emb == "1d" else self.pos3d(pos)
@@ -152,13 +173,14 @@ class GPT(ClassConditioned, nn.Module):
         """idx (B, L) tokens whose first sits at sequence position `start` (int or (B,) tensor), or at
         explicit positions `start` (B, L) (sparse context windows); y (B, num_classes) multi-hot label sets of
         a class-conditional model (None: the null label). Returns (logits (B, L, V), loss or None)."""
-        x = self.wte(idx) + self.position(GridPositions.index(start, idx.shape[1], idx.device))
+        table = self.token_table()
+        x = F.embedding(idx, table) + self.position(GridPositions.index(start, idx.shape[1], idx.device))
         if self.y_embed is not None:
             x = x + self.condition(x.new_zeros(len(idx), x.shape[-1]), y)[:, None]
         x = self.drop(x)
         for i, blk in enumerate(self.blocks):
             x = blk(x, None if caches is None else caches[i])
-        logits = self.head(self.ln_f(x))
+        logits = F.linear(self.ln_f(x), table)  # tied: self.head.weight is self.wte.weight
         loss = None if targets is None else F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1)
         return logits, loss
 

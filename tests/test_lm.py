@@ -6,6 +6,7 @@ import csv
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import run
 from minisora.data import TokenWindows
@@ -182,6 +183,29 @@ def test_loss_falls_on_tiny_overfit():
     assert loss.item() < 0.3 * first
 
 
+def test_code_embeddings_start_from_the_codebook():
+    """code_dim > 0: codes with the same codebook vector share their embedding's codebook part, the table is tied to
+    the output, the vectors load back from the state dict, and wrong shapes are refused."""
+    m = tiny_gpt(code_dim=3)
+    vec = torch.randn(32, 3)
+    vec[5] = vec[7]
+    m.set_code_vectors(vec)
+    part = m.token_table() - m.wte.weight
+    assert torch.allclose(part[5], part[7]) and not torch.allclose(part[5], part[6]) and part[-1].abs().sum() == 0
+    assert torch.allclose(m.code_vectors[:-1].mean(0), torch.zeros(3), atol=1e-5)
+    x = torch.randint(0, 32, (2, 12))
+    logits = m(x)[0]
+    assert torch.allclose(logits, m.ln_f(m.blocks[1](m.blocks[0](m.drop(F.embedding(x, m.token_table()) + m.position(
+        torch.arange(12)[None]))))) @ m.token_table().t(), atol=1e-5)
+    n = tiny_gpt(code_dim=3)
+    n.load_state_dict(m.state_dict())
+    assert torch.equal(n.code_vectors, m.code_vectors) and torch.allclose(n(x)[0], logits)
+    with pytest.raises(ValueError, match="code_dim 3"):
+        m.set_code_vectors(torch.randn(32, 4))
+    with pytest.raises(ValueError, match="code_dim 0"):
+        tiny_gpt().set_code_vectors(vec)
+
+
 def test_mamba_scan_matches_naive_loop_and_recurrence():
     torch.manual_seed(0)
     b, d, l, n = 2, 6, 45, 4
@@ -302,13 +326,17 @@ def test_prompted_model_generates_the_prompted_sequence(kind):
 
 
 def test_class_conditional_gpt_script_and_prompted_sampling(tiny_stage_files, tiny_data, tmp_path):
-    """--class_conditional trains on the tokens' source labels; sample.py --prompts/--cfg_scale works for it;
+    """--class_conditional trains on the tokens' source labels (--code_embeddings: with the codebook's vectors); sample.py --prompts/--cfg_scale works for it;
     evaluate.py --continuation scores its continuations of real val videos beside the copy-last-frame baseline."""
     run("train_latent_nanogpt.py", ["--tokens_input_file", tiny_stage_files["tokens"], *TINY_LM, "--block_size", "64",
                                     "--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--class_conditional",
-                                    "--output_dir", tmp_path, "--run_name", "c"], tmp_path)
+                                    "--code_embeddings", "--output_dir", tmp_path, "--run_name", "c"], tmp_path)
     ck = tmp_path / "train_latent_nanogpt/c/checkpoints/last.ckpt"
-    assert torch.load(ck, weights_only=True)["minisora"]["config"]["num_classes"] == 10
+    state = torch.load(ck, weights_only=True)
+    assert state["minisora"]["config"]["num_classes"] == 10
+    vectors = state["state_dict"]["model.code_vectors"]  # the tokenizer's codebook, standardised; BOS row zero
+    assert state["minisora"]["config"]["code_dim"] == vectors.shape[1] and vectors[-1].abs().sum() == 0
+    assert torch.allclose(vectors[:-1].std(0), torch.ones(vectors.shape[1]), atol=1e-3)
     out = run("sample.py", ["--checkpoint", ck, "--num_videos", 2, "--prompts", "3,7", "1", "--cfg_scale", 2,
                             "--output_dir", tmp_path / "smp"], tmp_path)
     assert (tmp_path / "smp/grid.gif").exists() and "2 videos" in out.stdout
