@@ -14,8 +14,6 @@ import argparse
 import functools
 import sys
 
-import torch
-
 from minisora.cli import add_lm_args, add_run_args
 from minisora.data import NUM_DIGITS, stage_labels, token_splits
 from minisora.lit_gpt import LitLM
@@ -59,7 +57,7 @@ def main(argv=None):
                    num_classes=NUM_DIGITS if a.class_conditional else 0, pos_emb=a.pos_emb)
         codebook = None
         if a.code_embeddings:  # (n_codes, E): every code's vector in the tokenizer's latent space
-            codebook = vae.codes_to_vectors(torch.arange(n_codes).view(1, 1, 1, -1))[0, :, 0, 0].t()
+            codebook = vae.module.quantizer.codebook.float().cpu()  # VQ: the EMA codebook; FSQ: its level grid
             cfg["code_dim"] = codebook.shape[1]
         context = None
         if a.sparse_context_window:
