@@ -81,7 +81,7 @@ def sampler_losses(gpt, seq: torch.Tensor) -> torch.Tensor:
         groups[anchor].append(length)
     losses = torch.zeros(len(seq), seq.shape[1] - 1)
     for a, lengths in groups.items():
-        logits = gpt(seq[:, a:max(lengths)], start=a)[0].float()
+        logits = gpt(seq[:, a:max(lengths)], start=a, history=seq)[0].float()
         for n in lengths:
             losses[:, n - 1] = F.cross_entropy(logits[:, n - 1 - a], seq[:, n], reduction="none")
     return losses

@@ -273,7 +273,8 @@ def multi_hot(labels: list[int], classes: int = NUM_DIGITS) -> torch.Tensor:
 class TokenWindows(Dataset):
     """Training windows over videos of VQ codes: each row of a tokens file (N, t, h, w) is one video,
     flattened to the sequence [BOS, c_0, c_1, ...]; an item is a random window of block_size + 1 tokens of
-    one video (windows never cross videos): x = window[:-1], y = window[1:], `start` = x's sequence position.
+    one video (windows never cross videos): x = window[:-1], y = window[1:], `start` = x's sequence position,
+    `seq` = the whole sequence (what a GPT with prev_frames reads of the frames before the window).
     context: sparse windows, a function length -> the block_size positions a window ending there sees (e.g.
     functools.partial(models.gpt.context_positions, block_size=..., stride=..., dense=...)): x = the tokens
     at those positions, y = each one's next token, `start` = the positions (block_size,).
@@ -300,14 +301,15 @@ class TokenWindows(Dataset):
         if self.context is not None:  # sparse window predicting the token after position q = start + block_size - 1
             pos = np.asarray(self.context(start + self.block_size))
             x, y = torch.from_numpy(full[pos]), torch.from_numpy(full[pos + 1])
-            return self._labelled({"x": x, "y": y, "start": torch.from_numpy(pos), "row": row})
+            return self._labelled({"x": x, "y": y, "start": torch.from_numpy(pos), "row": row,
+                                   "seq": torch.from_numpy(full)})
         seq = torch.from_numpy(full[start:start + self.block_size + 1])
         x, y = seq[:-1], seq[1:].clone()
         if self.only_predict_last:  # a growing prefix predicts one next token: loss on a random position only
             k = int(torch.randint(0, self.block_size, (), generator=g).item())
             y[:k] = -1
             y[k + 1:] = -1
-        return self._labelled({"x": x, "y": y, "start": start, "row": row})
+        return self._labelled({"x": x, "y": y, "start": start, "row": row, "seq": torch.from_numpy(full)})
 
     def _labelled(self, item: dict) -> dict:
         if self.labels is not None:  # the multi-hot digit set of the item's video

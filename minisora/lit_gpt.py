@@ -49,15 +49,20 @@ class LitLM(L.LightningModule):
             self.vae.to(self.device)
 
     def training_step(self, batch, batch_idx):
-        _, loss = self.model(batch["x"], start=batch["start"], targets=batch["y"], **self._labels(batch))
+        _, loss = self.model(batch["x"], start=batch["start"], targets=batch["y"], **self._inputs(batch))
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=len(batch["x"]))
         return loss
 
-    def _labels(self, batch) -> dict:
-        return {"y": batch["labels"]} if "labels" in batch and self.hparams.model_config.get("num_classes") else {}
+    def _inputs(self, batch) -> dict:
+        """What the model reads besides the window: label prompts, and the whole sequence for prev_frames GPTs."""
+        cfg = self.hparams.model_config
+        kw = {"y": batch["labels"]} if "labels" in batch and cfg.get("num_classes") else {}
+        if cfg.get("prev_frames"):
+            kw["history"] = batch["seq"]
+        return kw
 
     def validation_step(self, batch, batch_idx):
-        _, loss = self.model(batch["x"], start=batch["start"], targets=batch["y"], **self._labels(batch))
+        _, loss = self.model(batch["x"], start=batch["start"], targets=batch["y"], **self._inputs(batch))
         self.log("val/loss", loss, sync_dist=True, batch_size=len(batch["x"]))
 
     # ------------------------------------------------------------------------------ sample

@@ -37,11 +37,16 @@ class GPTConfig:
     class_dropout: float = 0.1       # training: whole-prompt dropout to the null label (classifier-free guidance)
     code_dim: int = 0                # > 0: each code's embedding also gets a learned projection of its codebook
                                      # vector (set_code_vectors), so codes that decode alike start out alike
+    prev_frames: int = 0             # > 0: each token's input also reads the codes around its grid cell in the
+    prev_radius: int = 2             # previous prev_frames frames ((2 r + 1)^2 cells each; see NeighbourCodes)
+    prev_dim: int = 32               # embedding width of those neighbour codes
 
     def __post_init__(self):
         self.grid = tuple(int(g) for g in self.grid)
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd {self.n_embd} not divisible by n_head {self.n_head}")
+        if self.prev_frames < 0 or self.prev_radius < 0:
+            raise ValueError("prev_frames and prev_radius must be >= 0")
         if self.context_stride < 1 or (self.context_stride > 1 and not 0 < self.context_dense < self.block_size):
             raise ValueError(f"sparse context needs context_stride >= 1 and 0 < context_dense ({self.context_dense}) "
                              f"< block_size ({self.block_size})")
@@ -111,6 +116,47 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
+class NeighbourCodes(nn.Module):
+    """What a token at grid cell (t, y, x) can read of the frames before it, as one input vector: the codes of
+    cells (t - dt, y + dy, x + dx), dt = 1..frames, |dy|, |dx| <= radius, each embedded (prev_dim) and placed by
+    its offset (one linear map of the concatenation), "outside" for cells off the grid or before frame 0.
+
+    A digit moving by less than a cell per frame changes its codes from frame to frame; predicting the new
+    codes needs the old ones around the same place, bound to their offsets. Attention can only learn to pick
+    them one head per offset; this hands them to every token (a causal convolution over earlier frames).
+    Sequence position p (input token c_{p-1}, BOS at 0) predicts code p, so it reads the cells around code p's
+    cell -- all in earlier frames, hence already in the sequence (positions <= p) when p is computed."""
+
+    def __init__(self, grid, frames: int, radius: int, vocab_size: int, dim: int, out_dim: int):
+        super().__init__()
+        t, h, w = grid
+        offsets = [(dt, dy, dx) for dt in range(1, frames + 1) for dy in range(-radius, radius + 1)
+                   for dx in range(-radius, radius + 1)]
+        code = torch.arange(t * h * w)
+        ct, cy, cx = code // (h * w), (code // w) % h, code % w
+        cols = []
+        for dt, dy, dx in offsets:
+            nt, ny, nx = ct - dt, cy + dy, cx + dx
+            ok = (nt >= 0) & (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
+            cols.append(torch.where(ok, nt * h * w + ny * w + nx + 1, -1))  # sequence position of that code
+        table = torch.stack(cols, 1)  # (codes, K): row p = what position p reads (the last code predicts nothing)
+        self.register_buffer("table", table, persistent=False)
+        self.outside = vocab_size
+        self.embed = nn.Embedding(vocab_size + 1, dim)
+        self.proj = nn.Linear(len(offsets) * dim, out_dim, bias=False)
+
+    def forward(self, history: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """history (B, S) the sequence [BOS, c_0, ...] up to (at least) the largest of `pos` (B, L) -> (B, L, out_dim)."""
+        nb = self.table[pos.clamp(max=len(self.table) - 1)]  # (B, L, K)
+        if history.shape[0] != nb.shape[0]:
+            nb = nb.expand(history.shape[0], -1, -1)
+        if int(nb.max()) >= history.shape[1]:
+            raise ValueError(f"history of {history.shape[1]} tokens is too short for positions up to {int(pos.max())}")
+        codes = history.gather(1, nb.clamp(min=0).flatten(1)).view(nb.shape)
+        codes = codes.masked_fill(nb < 0, self.outside)
+        return self.proj(self.embed(codes).flatten(2))
+
+
 class GPT(ClassConditioned, nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -125,6 +171,8 @@ class GPT(ClassConditioned, nn.Module):
             self.pos = nn.Embedding(c.seq_len, c.n_embd)
         else:
             raise ValueError(f"pos_emb must be '3d' or '1d', got {c.pos_emb!r}")
+        self.neighbours = NeighbourCodes(c.grid, c.prev_frames, c.prev_radius, c.vocab_size, c.prev_dim, c.n_embd) \
+            if c.prev_frames else None
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layer))
         self.ln_f = nn.LayerNorm(c.n_embd, bias=c.bias)
@@ -169,12 +217,19 @@ class GPT(ClassConditioned, nn.Module):
         return self.pos(pos) if self.config.pos_emb == "1d" else self.pos3d(pos)
 
     def forward(self, idx: torch.Tensor, start: int | torch.Tensor = 0, targets: torch.Tensor | None = None,
-                caches: list | None = None, y: torch.Tensor | None = None):
+                caches: list | None = None, y: torch.Tensor | None = None, history: torch.Tensor | None = None):
         """idx (B, L) tokens whose first sits at sequence position `start` (int or (B,) tensor), or at
         explicit positions `start` (B, L) (sparse context windows); y (B, num_classes) multi-hot label sets of
-        a class-conditional model (None: the null label). Returns (logits (B, L, V), loss or None)."""
+        a class-conditional model (None: the null label); history (B, S): the whole sequence [BOS, c_0, ...]
+        at least up to idx's last position (needed with prev_frames > 0: earlier frames outside the window).
+        Returns (logits (B, L, V), loss or None)."""
         table = self.token_table()
-        x = F.embedding(idx, table) + self.position(GridPositions.index(start, idx.shape[1], idx.device))
+        pos = GridPositions.index(start, idx.shape[1], idx.device)
+        x = F.embedding(idx, table) + self.position(pos)
+        if self.neighbours is not None:
+            if history is None:
+                raise ValueError("a GPT with prev_frames > 0 needs history= (the sequence before its window)")
+            x = x + self.neighbours(history, pos)
         if self.y_embed is not None:
             x = x + self.condition(x.new_zeros(len(idx), x.shape[-1]), y)[:, None]
         x = self.drop(x)
@@ -199,9 +254,11 @@ class GPT(ClassConditioned, nn.Module):
         labels = torch.cat([y, self.null_label_like(y)]) if guide else y
 
         def next_logits(x, start, caches=None):  # (B, V) logits of the last position, guided
+            history = seq if self.neighbours is not None else None
             if guide:
                 x, start = torch.cat([x, x]), torch.cat([start, start]) if torch.is_tensor(start) else start
-            out = self(x, start=start, caches=caches, y=labels)[0][:, -1].float()
+                history = None if history is None else torch.cat([history, history])
+            out = self(x, start=start, caches=caches, y=labels, history=history)[0][:, -1].float()
             return cfg_guide(out, cfg_scale) if guide else out
 
         seq = prompt

@@ -33,8 +33,8 @@ def test_cached_sampling_stays_in_the_trained_window(monkeypatch):
     real_sample, forward = gpt.sample_logits, m.forward
     monkeypatch.setattr(gpt, "sample_logits", lambda logits, *a, **k: seen.append(logits) or real_sample(logits, *a, **k))
 
-    def spy(idx, start=0, targets=None, caches=None, y=None):
-        out = forward(idx, start=start, targets=targets, caches=caches, y=y)
+    def spy(idx, start=0, targets=None, caches=None, y=None, history=None):
+        out = forward(idx, start=start, targets=targets, caches=caches, y=y, history=history)
         reads.append(max(idx.shape[1], caches[0]["k"].shape[2] if caches else 0))
         return out
     monkeypatch.setattr(m, "forward", spy)
@@ -129,6 +129,54 @@ def test_no_future_leakage():
     la, _ = m(x)
     lb, _ = m(y)
     assert torch.allclose(la[:, :7], lb[:, :7], atol=1e-6) and not torch.allclose(la[:, 7:], lb[:, 7:])
+
+
+def test_prev_frames_read_the_cells_around_in_earlier_frames_only():
+    """prev_frames: a token's input reads codes around its cell in earlier frames, through `history` even when
+    they lie before the window; nothing later leaks in; position p (predicting code p) reads only positions <= p."""
+    m = tiny_gpt(grid=(3, 4, 4), block_size=8, prev_frames=2, prev_radius=1)
+    table = m.neighbours.table  # (48 codes, 2 frames x 9 offsets): sequence positions read, -1 = outside
+    assert table.shape == (48, 18) and (table[:16] == -1).all()  # frame 0 has nothing before it
+    assert ((table < torch.arange(48)[:, None] + 1)).all()
+    assert set(table[16 + 5].tolist()) == {1 + c for c in (0, 1, 2, 4, 5, 6, 8, 9, 10)} | {-1}  # cell (1,1) of frame 1
+    seq = torch.cat([torch.full((1, 1), 32), torch.randint(0, 32, (1, 48))], 1)
+    window = lambda h: m(h[:, 30:38], start=30, history=h)[0]  # positions 30..37: frame 1, cells 14..15 and frame 2
+    changed = seq.clone()
+    changed[0, 1 + 5] = (seq[0, 1 + 5] + 1) % 32  # code 5 = frame 0, cell (1, 1): outside the window
+    a, b = window(seq), window(changed)
+    # position p reads cells around code p: p = 30 -> code 30 = frame 1, cell (3, 2): dy = 2 from (1, 1): unread;
+    # p = 37 -> code 37 = frame 2, cell (1, 1): reads frame 0 cell (1, 1) (dt = 2)
+    assert torch.allclose(a[:, 0], b[:, 0], atol=1e-6) and not torch.allclose(a[:, 7], b[:, 7], atol=1e-4)
+    later = seq.clone()
+    later[0, 40:] = (seq[0, 40:] + 1) % 32  # after the window: changes nothing in it
+    assert torch.allclose(window(seq), window(later), atol=1e-6)
+    with pytest.raises(ValueError, match="history"):
+        m(seq[:, 30:38], start=30)
+    with pytest.raises(ValueError, match="too short"):
+        m(seq[:, 30:38], start=30, history=seq[:, :20])
+
+
+def test_prev_frames_sampling_equals_training_windows():
+    """With prev_frames, cached and uncached sampling agree, and each prediction equals the training-style
+    forward of its window with the sequence so far as history."""
+    import models.gpt as gpt
+
+    m = tiny_gpt(grid=(3, 4, 4), block_size=8, prev_frames=1, prev_radius=1)
+    seen, real = [], gpt.sample_logits
+    gpt.sample_logits = lambda logits, *a, **k: seen.append(logits) or real(logits, *a, **k)
+    try:
+        prompt = torch.tensor([[32, 5, 7], [32, 2, 9]])
+        a = m.generate(prompt, 46, temperature=1.0, generator=torch.Generator().manual_seed(1), use_cache=True)
+        b = m.generate(prompt, 46, temperature=1.0, generator=torch.Generator().manual_seed(1), use_cache=False)
+    finally:
+        gpt.sample_logits = real
+    assert torch.equal(a, b)
+    anchor = 0
+    for n in range(3, 49):
+        if n - anchor > 8:
+            anchor = n - 4
+        ref = m(a[:, anchor:n], start=anchor, history=a)[0][:, -1]
+        assert torch.allclose(seen[n - 3], ref, atol=1e-4), n
 
 
 def test_sampling_filters():
@@ -326,14 +374,15 @@ def test_prompted_model_generates_the_prompted_sequence(kind):
 
 
 def test_class_conditional_gpt_script_and_prompted_sampling(tiny_stage_files, tiny_data, tmp_path):
-    """--class_conditional trains on the tokens' source labels (--code_embeddings: with the codebook's vectors); sample.py --prompts/--cfg_scale works for it;
+    """--class_conditional trains on the tokens' source labels (--code_embeddings: with the codebook's vectors;
+    --prev_frames: reading earlier frames through the whole sequence); sample.py --prompts/--cfg_scale works for it;
     evaluate.py --continuation scores its continuations of real val videos beside the copy-last-frame baseline."""
     run("train_latent_nanogpt.py", ["--tokens_input_file", tiny_stage_files["tokens"], *TINY_LM, "--block_size", "64",
                                     "--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--class_conditional",
-                                    "--code_embeddings", "--output_dir", tmp_path, "--run_name", "c"], tmp_path)
+                                    "--code_embeddings", "--prev_frames", "1", "--output_dir", tmp_path, "--run_name", "c"], tmp_path)
     ck = tmp_path / "train_latent_nanogpt/c/checkpoints/last.ckpt"
     state = torch.load(ck, weights_only=True)
-    assert state["minisora"]["config"]["num_classes"] == 10
+    assert state["minisora"]["config"]["num_classes"] == 10 and state["minisora"]["config"]["prev_frames"] == 1
     vectors = state["state_dict"]["model.code_vectors"]  # the tokenizer's codebook, standardised; BOS row zero
     assert state["minisora"]["config"]["code_dim"] == vectors.shape[1] and vectors[-1].abs().sum() == 0
     assert torch.allclose(vectors[:-1].std(0), torch.ones(vectors.shape[1]), atol=1e-3)
