@@ -48,6 +48,9 @@ def main(argv=None):
                    help="> 0: each token also reads the codes around its cell in this many previous frames (a causal "
                         "convolution over earlier frames: what carries a moving digit forward; README, measured numbers)")
     m.add_argument("--prev_radius", type=int, default=2, help="with --prev_frames: cells each side ((2r+1)^2 per frame)")
+    m.add_argument("--same_frame", action="store_true",
+                   help="with --prev_frames: also the cells already generated around it in its own frame (the cells "
+                        "above and to its left within --prev_radius)")
     m.add_argument("--mamba", action="store_true",
                    help="train a Mamba instead: runs train_latent_mamba.py with the other flags (see its --help)")
     add_lm_args(p)
@@ -59,7 +62,7 @@ def main(argv=None):
         cfg = dict(vocab_size=n_codes + 1, grid=list(arr.shape[1:]), block_size=a.block_size, n_layer=a.n_layer,
                    n_head=a.n_head, n_embd=a.n_embd, dropout=a.dropout,
                    num_classes=NUM_DIGITS if a.class_conditional else 0, pos_emb=a.pos_emb,
-                   prev_frames=a.prev_frames, prev_radius=a.prev_radius)
+                   prev_frames=a.prev_frames, prev_radius=a.prev_radius, same_frame=a.same_frame)
         codebook = None
         if a.code_embeddings:  # (n_codes, E): every code's vector in the tokenizer's latent space
             codebook = vae.module.quantizer.codebook.float().cpu()  # VQ: the EMA codebook; FSQ: its level grid

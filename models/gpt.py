@@ -40,6 +40,7 @@ class GPTConfig:
     prev_frames: int = 0             # > 0: each token's input also reads the codes around its grid cell in the
     prev_radius: int = 2             # previous prev_frames frames ((2 r + 1)^2 cells each; see NeighbourCodes)
     prev_dim: int = 32               # embedding width of those neighbour codes
+    same_frame: bool = False         # with prev_frames: also the cells already generated around it in its own frame
 
     def __post_init__(self):
         self.grid = tuple(int(g) for g in self.grid)
@@ -118,8 +119,9 @@ class Block(nn.Module):
 
 class NeighbourCodes(nn.Module):
     """What a token at grid cell (t, y, x) can read of the frames before it, as one input vector: the codes of
-    cells (t - dt, y + dy, x + dx), dt = 1..frames, |dy|, |dx| <= radius, each embedded (prev_dim) and placed by
-    its offset (one linear map of the concatenation), "outside" for cells off the grid or before frame 0.
+    cells (t - dt, y + dy, x + dx), dt = 1..frames, |dy|, |dx| <= radius (same_frame: also dt = 0 for the cells
+    before it in raster order: dy < 0, or dy = 0 and dx < 0), each embedded (prev_dim) and placed by its offset
+    (one linear map of the concatenation), "outside" for cells off the grid or before frame 0.
 
     A digit moving by less than a cell per frame changes its codes from frame to frame; predicting the new
     codes needs the old ones around the same place, bound to their offsets. Attention can only learn to pick
@@ -127,11 +129,13 @@ class NeighbourCodes(nn.Module):
     Sequence position p (input token c_{p-1}, BOS at 0) predicts code p, so it reads the cells around code p's
     cell -- all in earlier frames, hence already in the sequence (positions <= p) when p is computed."""
 
-    def __init__(self, grid, frames: int, radius: int, vocab_size: int, dim: int, out_dim: int):
+    def __init__(self, grid, frames: int, radius: int, vocab_size: int, dim: int, out_dim: int, same_frame: bool = False):
         super().__init__()
         t, h, w = grid
-        offsets = [(dt, dy, dx) for dt in range(1, frames + 1) for dy in range(-radius, radius + 1)
-                   for dx in range(-radius, radius + 1)]
+        r = range(-radius, radius + 1)
+        offsets = [(dt, dy, dx) for dt in range(1, frames + 1) for dy in r for dx in r]
+        if same_frame:  # the causal half of its own frame's neighbourhood (PixelCNN-like): generated before it
+            offsets += [(0, dy, dx) for dy in r for dx in r if dy < 0 or (dy == 0 and dx < 0)]
         code = torch.arange(t * h * w)
         ct, cy, cx = code // (h * w), (code // w) % h, code % w
         cols = []
@@ -171,8 +175,8 @@ class GPT(ClassConditioned, nn.Module):
             self.pos = nn.Embedding(c.seq_len, c.n_embd)
         else:
             raise ValueError(f"pos_emb must be '3d' or '1d', got {c.pos_emb!r}")
-        self.neighbours = NeighbourCodes(c.grid, c.prev_frames, c.prev_radius, c.vocab_size, c.prev_dim, c.n_embd) \
-            if c.prev_frames else None
+        self.neighbours = NeighbourCodes(c.grid, c.prev_frames, c.prev_radius, c.vocab_size, c.prev_dim, c.n_embd,
+                                         c.same_frame) if c.prev_frames else None
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layer))
         self.ln_f = nn.LayerNorm(c.n_embd, bias=c.bias)

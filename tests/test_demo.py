@@ -31,10 +31,12 @@ def test_demo_tiny_runs_every_stage(tmp_path):
     runs = tmp_path / "runs"
     kl = torch.load(runs / "train_vqvae/demo_vae/checkpoints/last.ckpt", weights_only=True)["state_dict"]
     vq = torch.load(runs / "train_vqvae/demo_vq/checkpoints/last.ckpt", weights_only=True)["state_dict"]
-    w0, w1 = kl["model.decoder.conv_out.weight"], vq["model.decoder.conv_out.weight"]
-    assert (w1 - w0).abs().max() < 0.1 * w0.abs().max()  # 3 steps away from the KL-VAE's decoder
+    w0, w1 = kl["model.decoder.conv_in.weight"], vq["model.decoder.conv_in.weight"]  # per-frame tokenizer from the
+    assert w0.shape == w1.shape and (w1 - w0).abs().max() < 0.1 * w0.abs().max()  # s4t4 KL-VAE: 3 steps away
     tokens = json.loads((tmp_path / "data/latents/flying_mnist_demo_gpt__demo_vq_tokens_16frames_train.json").read_text())
-    assert tokens["shape"][0] == 20  # the GPT's own, larger video set
+    assert tokens["shape"] == [20, 16, 16, 16]  # the GPT's own, larger video set; one latent frame per frame
+    gpt_ck = torch.load(runs / "train_latent_nanogpt/demo_gpt/checkpoints/last.ckpt", weights_only=True)["minisora"]
+    assert gpt_ck["config"]["prev_frames"] == 2 and gpt_ck["config"]["same_frame"]
     res = json.loads((runs / "demo/results_gpt.json").read_text())
     assert "class_kept" in json.dumps(res) and "prompt_accuracy" in json.dumps(res)
     assert (runs / "evaluate/continuation_demo_gpt.gif").exists() and "| GPT |" in gpt.stdout

@@ -152,6 +152,15 @@ def test_prev_frames_read_the_cells_around_in_earlier_frames_only():
     assert torch.allclose(window(seq), window(later), atol=1e-6)
     with pytest.raises(ValueError, match="history"):
         m(seq[:, 30:38], start=30)
+    own = tiny_gpt(grid=(3, 4, 4), block_size=8, prev_frames=1, prev_radius=1, same_frame=True)
+    table = own.neighbours.table  # 9 cells of the frame before + 4 of its own (3 above, 1 left)
+    assert table.shape == (48, 13) and (table <= torch.arange(48)[:, None]).all()
+    assert set(table[16 + 5, 9:].tolist()) == {1 + c for c in (16, 17, 18, 20)}  # frame 1, cell (1, 1)
+    for q in range(1, 48):  # a change at position q reaches no earlier output (whole-sequence window)
+        changed = seq.clone()
+        changed[0, q] = (seq[0, q] + 1) % 32
+        a, b = own(seq[:, :48], history=seq)[0], own(changed[:, :48], history=changed)[0]
+        assert torch.allclose(a[:, :q], b[:, :q], atol=1e-6), q
     with pytest.raises(ValueError, match="too short"):
         m(seq[:, 30:38], start=30, history=seq[:, :20])
 
