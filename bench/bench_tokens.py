@@ -80,8 +80,9 @@ def sampler_losses(gpt, seq: torch.Tensor) -> torch.Tensor:
         anchor = reanchor(length, anchor, gpt.config.block_size)
         groups[anchor].append(length)
     losses = torch.zeros(len(seq), seq.shape[1] - 1)
+    history = {"history": seq} if getattr(gpt.config, "prev_frames", 0) else {}  # GPT --prev_frames reads it
     for a, lengths in groups.items():
-        logits = gpt(seq[:, a:max(lengths)], start=a, history=seq)[0].float()
+        logits = gpt(seq[:, a:max(lengths)], start=a, **history)[0].float()
         for n in lengths:
             losses[:, n - 1] = F.cross_entropy(logits[:, n - 1 - a], seq[:, n], reduction="none")
     return losses

@@ -274,16 +274,17 @@ class TokenWindows(Dataset):
     """Training windows over videos of VQ codes: each row of a tokens file (N, t, h, w) is one video,
     flattened to the sequence [BOS, c_0, c_1, ...]; an item is a random window of block_size + 1 tokens of
     one video (windows never cross videos): x = window[:-1], y = window[1:], `start` = x's sequence position,
-    `seq` = the whole sequence (what a GPT with prev_frames reads of the frames before the window).
+    with_history: also `seq` = the whole sequence (what a GPT with prev_frames reads of frames before the window).
     context: sparse windows, a function length -> the block_size positions a window ending there sees (e.g.
     functools.partial(models.gpt.context_positions, block_size=..., stride=..., dense=...)): x = the tokens
     at those positions, y = each one's next token, `start` = the positions (block_size,).
     `samples_per_epoch` items are drawn per epoch (videos uniformly, offsets uniformly)."""
 
     def __init__(self, array: np.ndarray, rows: range, block_size: int, bos: int, samples_per_epoch: int = 10000,
-                 only_predict_last: bool = False, context=None, labels: list[list[int]] | None = None):
+                 only_predict_last: bool = False, context=None, labels: list[list[int]] | None = None,
+                 with_history: bool = False):
         self.array, self.rows, self.block_size, self.bos, self.labels = array, rows, block_size, bos, labels
-        self.only_predict_last, self.context = only_predict_last, context
+        self.only_predict_last, self.context, self.with_history = only_predict_last, context, with_history
         self.seq_len = int(np.prod(array.shape[1:])) + 1
         if block_size + 1 > self.seq_len:
             raise ValueError(f"block_size {block_size} + 1 > tokens per video + BOS ({self.seq_len})")
@@ -301,28 +302,31 @@ class TokenWindows(Dataset):
         if self.context is not None:  # sparse window predicting the token after position q = start + block_size - 1
             pos = np.asarray(self.context(start + self.block_size))
             x, y = torch.from_numpy(full[pos]), torch.from_numpy(full[pos + 1])
-            return self._labelled({"x": x, "y": y, "start": torch.from_numpy(pos), "row": row,
-                                   "seq": torch.from_numpy(full)})
+            return self._extras({"x": x, "y": y, "start": torch.from_numpy(pos), "row": row}, full)
         seq = torch.from_numpy(full[start:start + self.block_size + 1])
         x, y = seq[:-1], seq[1:].clone()
         if self.only_predict_last:  # a growing prefix predicts one next token: loss on a random position only
             k = int(torch.randint(0, self.block_size, (), generator=g).item())
             y[:k] = -1
             y[k + 1:] = -1
-        return self._labelled({"x": x, "y": y, "start": start, "row": row, "seq": torch.from_numpy(full)})
+        return self._extras({"x": x, "y": y, "start": start, "row": row}, full)
 
-    def _labelled(self, item: dict) -> dict:
+    def _extras(self, item: dict, full: np.ndarray) -> dict:
+        if self.with_history:
+            item["seq"] = torch.from_numpy(full)
         if self.labels is not None:  # the multi-hot digit set of the item's video
             item["labels"] = multi_hot(self.labels[item["row"]])
         return item
 
 
 def token_splits(array: np.ndarray, val_fraction: float, block_size: int, bos: int, train_items: int, val_items: int,
-                 only_predict_last: bool = False, context=None, labels=None) -> tuple[TokenWindows, TokenWindows]:
+                 only_predict_last: bool = False, context=None, labels=None,
+                 with_history: bool = False) -> tuple[TokenWindows, TokenWindows]:
     """Train and val TokenWindows of a tokens array: the last val_fraction of its rows (at least one, when
     there are two or more) are held out for val/loss; a one-video file validates on its training row."""
     n_val = max(1, int(len(array) * val_fraction)) if len(array) > 1 else 0
     train_rows, val_rows = range(0, len(array) - n_val), range(len(array) - n_val, len(array))
-    train = TokenWindows(array, train_rows, block_size, bos, train_items, only_predict_last, context, labels)
-    val = TokenWindows(array, val_rows or train_rows, block_size, bos, val_items, only_predict_last, context, labels)
+    train = TokenWindows(array, train_rows, block_size, bos, train_items, only_predict_last, context, labels, with_history)
+    val = TokenWindows(array, val_rows or train_rows, block_size, bos, val_items, only_predict_last, context, labels,
+                       with_history)
     return train, val

@@ -163,6 +163,9 @@ def test_prev_frames_read_the_cells_around_in_earlier_frames_only():
         assert torch.allclose(a[:, :q], b[:, :q], atol=1e-6), q
     with pytest.raises(ValueError, match="too short"):
         m(seq[:, 30:38], start=30, history=seq[:, :20])
+    arr = seq[0, 1:].view(1, 3, 4, 4).numpy()  # training windows carry the whole sequence only when asked
+    assert "seq" not in TokenWindows(arr, range(1), block_size=8, bos=32)[0]
+    assert TokenWindows(arr, range(1), block_size=8, bos=32, with_history=True)[0]["seq"].tolist() == seq[0].tolist()
 
 
 def test_prev_frames_sampling_equals_training_windows():
