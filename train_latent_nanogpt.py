@@ -76,7 +76,8 @@ def main(argv=None):
         train, val = token_splits(arr, a.val_fraction, a.block_size, n_codes, a.eval_interval * a.batch_size *
                                   a.accumulate_grad_batches, a.eval_iters * a.batch_size, context=context,
                                   labels=stage_labels(meta) if a.class_conditional else None,
-                                  with_history=a.prev_frames > 0)
+                                  with_history=a.prev_frames > 0,
+                                  first_frame_windows=a.first_frame_windows)
     except (ValueError, FileNotFoundError, ConnectionError) as e:
         sys.exit(f"error: {e}")
     out = start_run(a, SCRIPT)

@@ -129,6 +129,9 @@ def add_lm_args(p: argparse.ArgumentParser) -> None:
                    help="tokens per training window; = tokens per clip (e.g. 1024 for 4x16x16 codes): whole clips, every "
                         "token sees all before it. Shorter: random windows, and the sampler re-anchors a full window to "
                         "its last half, so a token may not see the previous latent frame")
+    d.add_argument("--first_frame_windows", type=float, default=0.0,
+                   help="fraction of training windows that begin a clip cut at a random latent frame ([BOS, frame k, "
+                        "...]): more practice on the first frame, the one drawn from nothing, on every frame of the data")
     d.add_argument("--class_conditional", action="store_true",
                    help="GPT / Mamba: condition on the digits present (the tokens' source metadata), whole-prompt dropout 0.1 "
                         "for classifier-free guidance (sample.py --labels 3 7 --cfg_scale 2)")

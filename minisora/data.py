@@ -278,13 +278,19 @@ class TokenWindows(Dataset):
     context: sparse windows, a function length -> the block_size positions a window ending there sees (e.g.
     functools.partial(models.gpt.context_positions, block_size=..., stride=..., dense=...)): x = the tokens
     at those positions, y = each one's next token, `start` = the positions (block_size,).
-    `samples_per_epoch` items are drawn per epoch (videos uniformly, offsets uniformly)."""
+    `samples_per_epoch` items are drawn per epoch (videos uniformly, offsets by window_start: every token as
+    often as a middle one or more). first_frame_windows p: that fraction of items is the start of the clip cut at
+    a random latent frame k ([BOS, frame k, ...]; Flying MNIST's motion is stationary, so that is a clip too):
+    the model practises the first frame, the one drawn from nothing, more often and on every frame of the data."""
 
     def __init__(self, array: np.ndarray, rows: range, block_size: int, bos: int, samples_per_epoch: int = 10000,
                  only_predict_last: bool = False, context=None, labels: list[list[int]] | None = None,
-                 with_history: bool = False):
+                 with_history: bool = False, first_frame_windows: float = 0.0):
         self.array, self.rows, self.block_size, self.bos, self.labels = array, rows, block_size, bos, labels
         self.only_predict_last, self.context, self.with_history = only_predict_last, context, with_history
+        self.first_frame_windows = first_frame_windows
+        if not 0 <= first_frame_windows <= 1:
+            raise ValueError(f"first_frame_windows {first_frame_windows} is a fraction of windows: 0..1")
         self.seq_len = int(np.prod(array.shape[1:])) + 1
         if block_size + 1 > self.seq_len:
             raise ValueError(f"block_size {block_size} + 1 > tokens per video + BOS ({self.seq_len})")
@@ -296,8 +302,14 @@ class TokenWindows(Dataset):
     def __getitem__(self, i: int) -> dict:
         g = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ()).item()))
         row = self.rows[int(torch.randint(0, len(self.rows), (), generator=g).item())]
-        start = int(torch.randint(0, self.seq_len - self.block_size, (), generator=g).item())
+        start = self.window_start(g)
         codes = np.asarray(self.array[row]).reshape(-1).astype(np.int64)
+        if self.first_frame_windows and torch.rand((), generator=g).item() < self.first_frame_windows:
+            # the clip as if it began at latent frame k: [BOS, frame k, k + 1, ...], window at its start
+            frame = int(np.prod(self.array.shape[2:]))
+            last = self.array.shape[1] - -(-self.block_size // frame)  # the crop keeps >= block_size codes
+            k = int(torch.randint(0, last + 1, (), generator=g).item())
+            codes, start = codes[k * frame:], 0
         full = np.concatenate([[self.bos], codes])
         if self.context is not None:  # sparse window predicting the token after position q = start + block_size - 1
             pos = np.asarray(self.context(start + self.block_size))
@@ -311,6 +323,16 @@ class TokenWindows(Dataset):
             y[k + 1:] = -1
         return self._extras({"x": x, "y": y, "start": start, "row": row}, full)
 
+    def window_start(self, g: torch.Generator) -> int:
+        """A window's first position: uniform over block_size - 1 more starts on each side than fit, clipped to
+        the valid ones. With starts uniform over the valid ones only, a token p < block_size is in a window with
+        probability (p + 1) / (valid starts) -- at block 512 of a 16-frame clip the first latent frame was trained
+        ~4x less often than a middle one, its first rows and the BOS-led window that every sample begins with
+        almost never. Clipped, every token is in at least as many windows as a middle one, the ends in up to 2x."""
+        n = self.seq_len - self.block_size  # valid starts 0 .. n - 1
+        raw = int(torch.randint(1 - self.block_size, n + self.block_size - 1, (), generator=g).item())
+        return min(max(raw, 0), n - 1)
+
     def _extras(self, item: dict, full: np.ndarray) -> dict:
         if self.with_history:
             item["seq"] = torch.from_numpy(full)
@@ -321,12 +343,14 @@ class TokenWindows(Dataset):
 
 def token_splits(array: np.ndarray, val_fraction: float, block_size: int, bos: int, train_items: int, val_items: int,
                  only_predict_last: bool = False, context=None, labels=None,
-                 with_history: bool = False) -> tuple[TokenWindows, TokenWindows]:
+                 with_history: bool = False, first_frame_windows: float = 0.0) -> tuple[TokenWindows, TokenWindows]:
     """Train and val TokenWindows of a tokens array: the last val_fraction of its rows (at least one, when
-    there are two or more) are held out for val/loss; a one-video file validates on its training row."""
+    there are two or more) are held out for val/loss; a one-video file validates on its training row.
+    first_frame_windows applies to training only (val/loss stays the loss of whole clips' windows)."""
     n_val = max(1, int(len(array) * val_fraction)) if len(array) > 1 else 0
     train_rows, val_rows = range(0, len(array) - n_val), range(len(array) - n_val, len(array))
-    train = TokenWindows(array, train_rows, block_size, bos, train_items, only_predict_last, context, labels, with_history)
+    train = TokenWindows(array, train_rows, block_size, bos, train_items, only_predict_last, context, labels, with_history,
+                         first_frame_windows)
     val = TokenWindows(array, val_rows or train_rows, block_size, bos, val_items, only_predict_last, context, labels,
                        with_history)
     return train, val

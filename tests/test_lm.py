@@ -121,6 +121,45 @@ def test_sparse_context_window():
         GPTConfig(block_size=8, context_stride=2, context_dense=8)
 
 
+def test_training_windows_cover_the_first_frame_as_often_as_the_middle():
+    """Every token, the first latent frame and BOS-led window included, is in a window at least as often as a
+    middle one (uniform valid starts trained the first frame of a 16-frame clip ~4x less at block 512)."""
+    arr = np.zeros((1, 16, 4, 4), np.int64)  # one video, 256 codes + BOS = 257 positions
+    ds = TokenWindows(arr, range(1), block_size=32, bos=32)
+    g = torch.Generator().manual_seed(0)
+    starts = np.array([ds.window_start(g) for _ in range(20000)])
+    assert starts.min() == 0 and starts.max() == 257 - 32 - 1  # every window fits: block + 1 tokens
+    cover = np.zeros(257 - 1)
+    for s, n in zip(*np.unique(starts, return_counts=True)):
+        cover[s:s + 32] += n
+    middle = cover[100:150].mean()
+    assert cover.min() > 0.9 * middle                         # no position starved (was 1/225 of windows at p=0)
+    assert cover[:16].mean() > 1.1 * middle                   # the first frame gets more, not ~4x less
+    assert (starts == 0).mean() > 0.1                         # windows that begin at BOS, as sampling does
+
+
+def test_first_frame_windows_start_a_clip_cut_at_a_latent_frame():
+    arr = np.random.default_rng(0).integers(0, 32, (2, 6, 2, 2))  # 2 videos of 6 latent frames of 4 codes
+    seqs = [[32] + arr[r].reshape(-1).tolist() for r in range(2)]
+    ds = TokenWindows(arr, range(2), block_size=8, bos=32, labels=[[3], [5, 7]], with_history=True,
+                      first_frame_windows=1.0)
+    ks = set()
+    for i in range(200):
+        it = ds[i]
+        assert it["start"] == 0 and it["x"][0] == 32                     # always the window at BOS
+        codes = seqs[it["row"]][1:]
+        k = next(k for k in range(6) if codes[4 * k:4 * k + 8] == it["x"][1:].tolist() + [int(it["y"][-1])])
+        ks.add(k)
+        assert it["seq"].tolist() == [32] + codes[4 * k:]                # history: nothing before frame k
+        assert it["y"].tolist() == codes[4 * k:4 * k + 8]
+        assert it["labels"].nonzero().view(-1).tolist() == ([3] if it["row"] == 0 else [5, 7])
+    assert ks == {0, 1, 2, 3, 4}                                         # every cut that leaves a full window
+    mixed = TokenWindows(arr, range(2), block_size=8, bos=32, first_frame_windows=0.5)
+    assert 0.4 < np.mean([mixed[i]["start"] == 0 for i in range(400)]) < 0.8
+    with pytest.raises(ValueError, match="fraction"):
+        TokenWindows(arr, range(2), block_size=8, bos=32, first_frame_windows=1.5)
+
+
 def test_no_future_leakage():
     m = tiny_gpt()
     x = torch.randint(0, 32, (1, 12))
