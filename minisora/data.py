@@ -334,8 +334,8 @@ class TokenWindows(Dataset):
         return min(max(raw, 0), n - 1)
 
     def _extras(self, item: dict, full: np.ndarray) -> dict:
-        if self.with_history:
-            item["seq"] = torch.from_numpy(full)
+        if self.with_history:  # a cut clip's is padded at its end (never read: a token reads only positions before it)
+            item["seq"] = torch.from_numpy(np.pad(full, (0, self.seq_len - len(full)), constant_values=self.bos))
         if self.labels is not None:  # the multi-hot digit set of the item's video
             item["labels"] = multi_hot(self.labels[item["row"]])
         return item

@@ -150,10 +150,14 @@ def test_first_frame_windows_start_a_clip_cut_at_a_latent_frame():
         codes = seqs[it["row"]][1:]
         k = next(k for k in range(6) if codes[4 * k:4 * k + 8] == it["x"][1:].tolist() + [int(it["y"][-1])])
         ks.add(k)
-        assert it["seq"].tolist() == [32] + codes[4 * k:]                # history: nothing before frame k
+        assert it["seq"].tolist() == [32] + codes[4 * k:] + [32] * 4 * k  # history: nothing before frame k (padded)
         assert it["y"].tolist() == codes[4 * k:4 * k + 8]
         assert it["labels"].nonzero().view(-1).tolist() == ([3] if it["row"] == 0 else [5, 7])
     assert ks == {0, 1, 2, 3, 4}                                         # every cut that leaves a full window
+    batch = torch.utils.data.default_collate([ds[i] for i in range(16)])  # cut and whole clips batch together
+    m = tiny_gpt(block_size=8, prev_frames=1, grid=(6, 2, 2), num_classes=10)
+    _, loss = m(batch["x"], start=batch["start"], targets=batch["y"], y=batch["labels"], history=batch["seq"])
+    assert torch.isfinite(loss)
     mixed = TokenWindows(arr, range(2), block_size=8, bos=32, first_frame_windows=0.5)
     assert 0.4 < np.mean([mixed[i]["start"] == 0 for i in range(400)]) < 0.8
     with pytest.raises(ValueError, match="fraction"):
@@ -430,7 +434,7 @@ def test_class_conditional_gpt_script_and_prompted_sampling(tiny_stage_files, ti
     evaluate.py --continuation scores its continuations of real val videos beside the copy-last-frame baseline."""
     run("train_latent_nanogpt.py", ["--tokens_input_file", tiny_stage_files["tokens"], *TINY_LM, "--block_size", "64",
                                     "--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--class_conditional",
-                                    "--code_embeddings", "--prev_frames", "1", "--output_dir", tmp_path, "--run_name", "c"], tmp_path)
+                                    "--code_embeddings", "--prev_frames", "1", "--first_frame_windows", "0.5", "--output_dir", tmp_path, "--run_name", "c"], tmp_path)
     ck = tmp_path / "train_latent_nanogpt/c/checkpoints/last.ckpt"
     state = torch.load(ck, weights_only=True)
     assert state["minisora"]["config"]["num_classes"] == 10 and state["minisora"]["config"]["prev_frames"] == 1
