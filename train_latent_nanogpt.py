@@ -77,7 +77,8 @@ def main(argv=None):
                                   a.accumulate_grad_batches, a.eval_iters * a.batch_size, context=context,
                                   labels=stage_labels(meta) if a.class_conditional else None,
                                   with_history=a.prev_frames > 0,
-                                  first_frame_windows=a.first_frame_windows)
+                                  first_frame_windows=a.first_frame_windows,
+                                  input_noise=a.input_noise)
     except (ValueError, FileNotFoundError, ConnectionError) as e:
         sys.exit(f"error: {e}")
     out = start_run(a, SCRIPT)

@@ -132,6 +132,10 @@ def add_lm_args(p: argparse.ArgumentParser) -> None:
     d.add_argument("--first_frame_windows", type=float, default=0.0,
                    help="fraction of training windows that begin a clip cut at a random latent frame ([BOS, frame k, "
                         "...]): more practice on the first frame, the one drawn from nothing, on every frame of the data")
+    d.add_argument("--input_noise", type=float, default=0.0,
+                   help="each training window replaces a fraction U(0, this) of the codes the model reads by codes from "
+                        "elsewhere in its clip (targets stay clean): the model learns to correct the errors a sampler "
+                        "feeds it instead of copying them forward (context noise augmentation)")
     d.add_argument("--class_conditional", action="store_true",
                    help="GPT / Mamba: condition on the digits present (the tokens' source metadata), whole-prompt dropout 0.1 "
                         "for classifier-free guidance (sample.py --labels 3 7 --cfg_scale 2)")

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import run
-from minisora.data import TokenWindows
+from minisora.data import TokenWindows, token_splits
 from minisora.video_io import read_video
 from models.gpt import GPT, GPTConfig, context_positions, sample_logits
 from models.mamba import MambaConfig, MambaLM, selective_scan, selective_scan_ref
@@ -162,6 +162,29 @@ def test_first_frame_windows_start_a_clip_cut_at_a_latent_frame():
     assert 0.4 < np.mean([mixed[i]["start"] == 0 for i in range(400)]) < 0.8
     with pytest.raises(ValueError, match="fraction"):
         TokenWindows(arr, range(2), block_size=8, bos=32, first_frame_windows=1.5)
+
+
+def test_input_noise_corrupts_what_the_model_reads_never_its_targets():
+    """--input_noise: x and the history hold codes replaced from elsewhere in the same clip (never BOS), at a
+    fraction U(0, r) per window; targets stay the clean next codes; val windows stay clean."""
+    arr = np.stack([np.random.default_rng(r).integers(100 * r, 100 * r + 40, (6, 2, 2)) for r in range(2)])
+    ds = TokenWindows(arr, range(2), block_size=8, bos=999, with_history=True, input_noise=0.6)
+    fractions = []
+    for i in range(400):
+        it = ds[i]
+        clean = np.concatenate([[999], arr[it["row"]].reshape(-1)])
+        s, seq = it["start"], it["seq"].numpy()
+        assert seq[0] == 999 and (seq[1:] != 999).all()                    # BOS kept, never put elsewhere
+        assert set(seq[1:].tolist()) <= set(clean[1:].tolist())            # replacements come from the same clip
+        assert it["x"].tolist() == seq[s:s + 8].tolist()                   # the window reads the corrupted history
+        assert it["y"].tolist() == clean[s + 1:s + 9].tolist()             # ... and predicts the clean codes
+        fractions.append((seq != clean).mean())
+    assert 0.2 < np.mean(fractions) < 0.35 and min(fractions) < 0.05 and max(fractions) > 0.45  # U(0, 0.6), minus no-ops
+    train, val = token_splits(arr, 0.5, 8, 999, 50, 50, with_history=True, input_noise=0.6)
+    assert train.input_noise == 0.6 and val.input_noise == 0
+    assert all(val[i]["seq"].tolist() == [999] + arr[1].reshape(-1).tolist() for i in range(20))
+    with pytest.raises(ValueError, match="input_noise"):
+        TokenWindows(arr, range(2), block_size=8, bos=999, input_noise=1.0)
 
 
 def test_no_future_leakage():
@@ -430,11 +453,13 @@ def test_prompted_model_generates_the_prompted_sequence(kind):
 
 def test_class_conditional_gpt_script_and_prompted_sampling(tiny_stage_files, tiny_data, tmp_path):
     """--class_conditional trains on the tokens' source labels (--code_embeddings: with the codebook's vectors;
-    --prev_frames: reading earlier frames through the whole sequence); sample.py --prompts/--cfg_scale works for it;
+    --prev_frames: reading earlier frames through the whole sequence; with --first_frame_windows and
+    --input_noise); sample.py --prompts/--cfg_scale works for it;
     evaluate.py --continuation scores its continuations of real val videos beside the copy-last-frame baseline."""
     run("train_latent_nanogpt.py", ["--tokens_input_file", tiny_stage_files["tokens"], *TINY_LM, "--block_size", "64",
                                     "--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--class_conditional",
-                                    "--code_embeddings", "--prev_frames", "1", "--first_frame_windows", "0.5", "--output_dir", tmp_path, "--run_name", "c"], tmp_path)
+                                    "--code_embeddings", "--prev_frames", "1", "--first_frame_windows", "0.5",
+                                    "--input_noise", "0.1", "--output_dir", tmp_path, "--run_name", "c"], tmp_path)
     ck = tmp_path / "train_latent_nanogpt/c/checkpoints/last.ckpt"
     state = torch.load(ck, weights_only=True)
     assert state["minisora"]["config"]["num_classes"] == 10 and state["minisora"]["config"]["prev_frames"] == 1
