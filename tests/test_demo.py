@@ -37,6 +37,7 @@ def test_demo_tiny_runs_every_stage(tmp_path):
     assert tokens["shape"] == [20, 16, 16, 16]  # the GPT's own, larger video set; one latent frame per frame
     gpt_ck = torch.load(runs / "train_latent_nanogpt/demo_gpt/checkpoints/last.ckpt", weights_only=True)["minisora"]
     assert gpt_ck["config"]["prev_frames"] == 2 and gpt_ck["config"]["same_frame"]
+    assert json.loads((runs / "train_latent_nanogpt/demo_gpt/config.json").read_text())["first_frame_windows"] == 0.3
     res = json.loads((runs / "demo/results_gpt.json").read_text())
     assert "class_kept" in json.dumps(res) and "prompt_accuracy" in json.dumps(res)
     assert (runs / "evaluate/continuation_demo_gpt.gif").exists() and "| GPT |" in gpt.stdout
