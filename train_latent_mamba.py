@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from minisora.cli import add_lm_args, add_run_args
+from minisora.cli import add_lm_args, add_run_args, training_windows
 from minisora.data import NUM_DIGITS, stage_labels, token_splits
 from minisora.lit_gpt import LitLM
 from minisora.resolve import load_stage_and_vae
@@ -39,8 +39,7 @@ def main(argv=None, script: str = "train_latent_mamba"):
         train, val = token_splits(arr, a.val_fraction, a.block_size, n_codes, a.eval_interval * a.batch_size *
                                   a.accumulate_grad_batches, a.eval_iters * a.batch_size,
                                   labels=stage_labels(meta) if a.class_conditional else None,
-                                  first_frame_windows=a.first_frame_windows,
-                                  input_noise=a.input_noise)
+                                  **training_windows(a))
     except (ValueError, FileNotFoundError, ConnectionError) as e:
         sys.exit(f"error: {e}")
     cfg = dict(vocab_size=n_codes + 1, d_model=a.n_embed, n_layer=a.n_layer, d_state=a.d_state, d_conv=a.d_conv,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from minisora.cli import add_lm_args, add_run_args
+from minisora.cli import add_lm_args, add_run_args, training_windows
 from minisora.data import NUM_DIGITS, stage_labels, token_splits
 from minisora.lit_gpt import LitLM
 from minisora.resolve import load_stage_and_vae
@@ -53,8 +53,7 @@ def main(argv=None):
         train, val = token_splits(arr, a.val_fraction, a.block_size, n_codes, a.eval_interval * a.batch_size *
                                   a.accumulate_grad_batches, a.eval_iters * a.batch_size, a.only_predict_last,
                                   labels=stage_labels(meta) if a.class_conditional else None,
-                                  first_frame_windows=a.first_frame_windows,
-                                  input_noise=a.input_noise)
+                                  **training_windows(a))
     except (ValueError, FileNotFoundError, ConnectionError) as e:
         sys.exit(f"error: {e}")
     out = start_run(a, SCRIPT)

@@ -14,7 +14,7 @@ import argparse
 import functools
 import sys
 
-from minisora.cli import add_lm_args, add_run_args
+from minisora.cli import add_lm_args, add_run_args, training_windows
 from minisora.data import NUM_DIGITS, stage_labels, token_splits
 from minisora.lit_gpt import LitLM
 from minisora.resolve import load_stage_and_vae
@@ -77,8 +77,7 @@ def main(argv=None):
                                   a.accumulate_grad_batches, a.eval_iters * a.batch_size, context=context,
                                   labels=stage_labels(meta) if a.class_conditional else None,
                                   with_history=a.prev_frames > 0,
-                                  first_frame_windows=a.first_frame_windows,
-                                  input_noise=a.input_noise)
+                                  **training_windows(a))
     except (ValueError, FileNotFoundError, ConnectionError) as e:
         sys.exit(f"error: {e}")
     out = start_run(a, SCRIPT)

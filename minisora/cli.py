@@ -166,5 +166,10 @@ def add_token_sampling_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--top_p", type=float, default=None, help="1 = off")
 
 
+def training_windows(a) -> dict:
+    """token_splits keyword arguments of the training-window flags of add_lm_args (every token script)."""
+    return dict(first_frame_windows=a.first_frame_windows, input_noise=a.input_noise)
+
+
 def token_sampling(a) -> dict:
     return dict(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p)

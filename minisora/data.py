@@ -352,9 +352,10 @@ class TokenWindows(Dataset):
         out[1:][hit] = full[src]
         return out
 
-    def _extras(self, item: dict, full: np.ndarray) -> dict:
+    def _extras(self, item: dict, read: np.ndarray) -> dict:
+        """`read`: the sequence the model reads (corrupted with input_noise)."""
         if self.with_history:  # a cut clip's is padded at its end (never read: a token reads only positions before it)
-            item["seq"] = torch.from_numpy(np.pad(full, (0, self.seq_len - len(full)), constant_values=self.bos))
+            item["seq"] = torch.from_numpy(np.pad(read, (0, self.seq_len - len(read)), constant_values=self.bos))
         if self.labels is not None:  # the multi-hot digit set of the item's video
             item["labels"] = multi_hot(self.labels[item["row"]])
         return item
