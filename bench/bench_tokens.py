@@ -5,14 +5,18 @@
   black: an ideal tokenizer gives them one code), and the entropy of those far-background codes given the
   cell's (t, h, w) position (what a position embedding can learn of them); and code persistence: of the cells
   whose pixels do not change from one latent frame to the next (max |difference| < 8/255), the share that keep
-  their code, per transition (a model can only carry forward what the tokenizer keeps); with --merge D ..., the
+  their code, per transition (a model can only carry forward what the tokenizer keeps); of the digit cells, the
+  share whose code is the previous latent frame's code of the same cell, and of the cell at the best whole-frame
+  shift (|dy|, |dx| <= 2 cells, chosen per frame: an upper bound on copying a digit along its motion); with --merge D ..., the
   same with every code closer than D to a more used one switched off (near-duplicate codes merged, as
   tokenize_videos.py --merge_codes D encodes), with the merged codes' PSNR: what a codebook without
   near-duplicates gives;
 - a GPT (--checkpoint, optional): per-token loss on digit and background cells, per latent frame, each token
   read with the context the sampler gives it (models.cfg.reanchor windows; null label). Later latent frames of
   a clip are nearly determined by the first (constant motion, same digits), so a model that reuses what it
-  saw scores them lower than latent frame 0.
+  saw scores them lower than latent frame 0. With it, the argmax accuracy on digit cells, and with
+  --code_groups G ...: the same loss and accuracy when codes are pooled into G groups of nearby codebook vectors
+  (k-means over the codes in use): what the model gets right about the picture rather than the exact code.
 
   python bench/bench_tokens.py --dataset flying_mnist_demo --vae runs/train_vqvae/<tokenizer>/checkpoints/last.ckpt \\
       --checkpoint runs/train_latent_nanogpt/<gpt>/checkpoints/last.ckpt
@@ -62,6 +66,19 @@ def code_stats(codes: torch.Tensor, mask: torch.Tensor) -> dict:
     return dict(cells=int(mask.sum()), distinct=len(c), entropy=round(entropy(c.values()), 3))
 
 
+def shifted_copies(codes: torch.Tensor, digit: torch.Tensor, reach: int = 2) -> dict:
+    """Of the digit cells of latent frames 1.. ((N, t, h, w) codes and mask), the share whose code is the one the
+    same cell had in the frame before ("same cell"), and the one of the cell (dy, dx) away, with the shift that
+    copies the most of that frame's digit cells (|dy|, |dx| <= reach; "best shift"): how much of a moving digit
+    a model could carry forward by copying codes."""
+    shifts = [(dy, dx) for dy in range(-reach, reach + 1) for dx in range(-reach, reach + 1)]
+    prev, now, m = codes[:, :-1], codes[:, 1:], digit[:, 1:]
+    hits = torch.stack([(torch.roll(prev, s, (2, 3)) == now) & m for s in shifts]).sum((3, 4))  # (shifts, N, t-1)
+    cells = m.sum((2, 3)).clamp(min=1).sum()
+    return dict(same_cell=round(float(hits[shifts.index((0, 0))].sum() / cells), 3),
+                best_shift=round(float(hits.amax(0).sum() / cells), 3))
+
+
 def conditional_entropy(codes: torch.Tensor, mask: torch.Tensor) -> float:
     """H(code | (t, h, w) position) over the masked cells, in nats (a plug-in estimate: biased low)."""
     by_pos = defaultdict(Counter)
@@ -71,21 +88,46 @@ def conditional_entropy(codes: torch.Tensor, mask: torch.Tensor) -> float:
     return float(sum(sum(c.values()) * entropy(c.values()) for c in by_pos.values()) / n)
 
 
+def codebook_groups(codebook: torch.Tensor, in_use: torch.Tensor, k: int, iters: int = 50, seed: int = 0) -> torch.Tensor:
+    """(K, E) codebook, (K,) bool codes in use -> (K,) group of each code, in [0, min(k, codes in use)): k-means
+    (Lloyd, started from random codes in use) over the codes in use; every other code joins its nearest centre."""
+    x = codebook[in_use].float()
+    g = torch.Generator().manual_seed(seed)
+    centres = x[torch.randperm(len(x), generator=g)[:k]].clone()
+    for _ in range(iters):
+        near = torch.cdist(x, centres).argmin(1)
+        sums = torch.zeros_like(centres).index_add_(0, near, x)
+        counts = torch.bincount(near, minlength=len(centres))[:, None]
+        centres = torch.where(counts > 0, sums / counts.clamp(min=1), centres)
+    return torch.cdist(codebook.float(), centres).argmin(1)
+
+
 @torch.no_grad()
-def sampler_losses(gpt, seq: torch.Tensor) -> torch.Tensor:
-    """(N, L) sequences [BOS, codes...] -> (N, L - 1) loss of each code, read through the window the sampler
-    uses for it (GPT.generate: windows of block_size re-anchored to their last half when full)."""
-    groups, anchor = defaultdict(list), 0
+def sampler_losses(gpt, seq: torch.Tensor, groups: dict[int, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """(N, L) sequences [BOS, codes...] -> {"loss", "hit"} (N, L - 1): each code's loss and whether it is the
+    argmax, read through the window the sampler uses for it (GPT.generate: windows of block_size re-anchored to
+    their last half when full); for each G in groups ({G: (n_codes,) group of each code}) also "loss G" / "hit G":
+    the same with the probability pooled over each group (over codes only, as the sampler draws: BOS left out)."""
+    by_anchor, anchor = defaultdict(list), 0
     for length in range(1, seq.shape[1]):
         anchor = reanchor(length, anchor, gpt.config.block_size)
-        groups[anchor].append(length)
-    losses = torch.zeros(len(seq), seq.shape[1] - 1)
+        by_anchor[anchor].append(length)
+    groups = groups or {}
+    out = {k: torch.zeros(len(seq), seq.shape[1] - 1) for k in ["loss", "hit", *(f"{s} {g}" for g in groups for s in ("loss", "hit"))]}
     history = {"history": seq} if getattr(gpt.config, "prev_frames", 0) else {}  # GPT --prev_frames reads it
-    for a, lengths in groups.items():
+    for a, lengths in by_anchor.items():
         logits = gpt(seq[:, a:max(lengths)], start=a, **history)[0].float()
         for n in lengths:
-            losses[:, n - 1] = F.cross_entropy(logits[:, n - 1 - a], seq[:, n], reduction="none")
-    return losses
+            lg, tgt = logits[:, n - 1 - a], seq[:, n]
+            out["loss"][:, n - 1] = F.cross_entropy(lg, tgt, reduction="none")
+            out["hit"][:, n - 1] = (lg.argmax(-1) == tgt).float()
+            for G, grp in groups.items():
+                p = lg[:, :len(grp)].softmax(-1)
+                pooled = torch.zeros(len(p), int(grp.max()) + 1).index_add_(1, grp, p)
+                tg = grp[tgt]
+                out[f"loss {G}"][:, n - 1] = -pooled.gather(1, tg[:, None])[:, 0].clamp(min=1e-12).log()
+                out[f"hit {G}"][:, n - 1] = (pooled.argmax(-1) == tg).float()
+    return out
 
 
 def main(argv=None):
@@ -101,6 +143,9 @@ def main(argv=None):
     p.add_argument("--merge", type=float, nargs="*", default=[], metavar="D",
                    help="also score code persistence with codes closer than D (codebook distance) merged, as "
                         "tokenize_videos.py --merge_codes D encodes")
+    p.add_argument("--code_groups", type=int, nargs="*", default=[], metavar="G",
+                   help="with --checkpoint: also score the GPT with codes pooled into G groups of nearby codebook "
+                        "vectors (k-means over the codes in use)")
     p.add_argument("--output", default=None, help="also write the numbers to this JSON file")
     a = p.parse_args(argv)
     ds = VideoDataset(a.dataset, "val", a.resolution, a.sequence_length, data_dir=a.data_dir)
@@ -128,6 +173,7 @@ def main(argv=None):
     per = [round(float(same[:, t][still[:, t]].float().mean()), 3) for t in range(still.shape[1])]
     out["tokenizer"]["code persistence"] = dict(unchanged_cells=round(float(still.float().mean()), 3),
                                                 kept=round(float(same[still].float().mean()), 3), per_transition=per)
+    out["tokenizer"]["digit cells keeping their code"] = shifted_copies(codes, fg)
     for d in a.merge:
         merged = encode_merged(vae, x, d)
         with torch.no_grad():
@@ -141,16 +187,28 @@ def main(argv=None):
     if gpt is not None:
         n_codes = module.hparams.n_codes
         seq = torch.cat([torch.full((len(codes), 1), n_codes), codes.reshape(len(codes), -1)], 1)
-        loss, bg = sampler_losses(gpt, seq).view(codes.shape), ~fg  # (N, t, h, w) each
-        frames = [dict(digit=round(float(loss[:, t][~bg[:, t]].mean()), 3),
-                       background=round(float(loss[:, t][bg[:, t]].mean()), 3)) for t in range(codes.shape[1])]
+        q = vae.module.quantizer
+        in_use = getattr(q, "active", torch.ones(n_codes, dtype=torch.bool)).cpu() & (torch.bincount(codes.flatten(), minlength=n_codes) > 0)
+        groups = {G: codebook_groups(q.codebook.cpu(), in_use, G) for G in a.code_groups}
+        stats = {k: v.view(codes.shape) for k, v in sampler_losses(gpt, seq, groups).items()}  # (N, t, h, w) each
+        loss, bg = stats["loss"], ~fg
+
+        def on_digits(k, t=slice(None)):
+            return round(float(stats[k][:, t][~bg[:, t]].mean()), 3)
+        pooled = [f"{s} {G}" for G in groups for s in ("loss", "hit")]
+        frames = [dict(digit=on_digits("loss", t), background=round(float(loss[:, t][bg[:, t]].mean()), 3),
+                       digit_accuracy=on_digits("hit", t), **{f"digit {k}": on_digits(k, t) for k in pooled})
+                  for t in range(codes.shape[1])]
         out["gpt"] = dict(checkpoint=a.checkpoint, block_size=gpt.config.block_size, loss=round(float(loss.mean()), 3),
-                          digit=round(float(loss[~bg].mean()), 3), background=round(float(loss[bg].mean()), 3),
+                          digit=on_digits("loss"), background=round(float(loss[bg].mean()), 3),
+                          digit_accuracy=on_digits("hit"), **{f"digit {k}": on_digits(k) for k in pooled},
                           per_latent_frame=frames)
         print(f"[bench_tokens] GPT {a.checkpoint} (block {gpt.config.block_size}): loss {out['gpt']['loss']} nats/token, "
-              f"digit cells {out['gpt']['digit']}, background {out['gpt']['background']}")
+              f"digit cells {out['gpt']['digit']} (argmax right {out['gpt']['digit_accuracy']}), background "
+              f"{out['gpt']['background']}" + "".join(f"; {G} code groups: digit cells {out['gpt'][f'digit loss {G}']} "
+                                                     f"(right {out['gpt'][f'digit hit {G}']})" for G in groups))
         for t, f in enumerate(frames):
-            print(f"  latent frame {t}: digit {f['digit']}, background {f['background']}")
+            print(f"  latent frame {t}: " + ", ".join(f"{k} {v}" for k, v in f.items()))
     if a.output:
         Path(a.output).write_text(json.dumps(out, indent=1))
     return out
