@@ -37,7 +37,9 @@ def test_demo_tiny_runs_every_stage(tmp_path):
     assert tokens["shape"] == [20, 16, 16, 16]  # the GPT's own, larger video set; one latent frame per frame
     gpt_ck = torch.load(runs / "train_latent_nanogpt/demo_gpt/checkpoints/last.ckpt", weights_only=True)["minisora"]
     assert gpt_ck["config"]["prev_frames"] == 2 and gpt_ck["config"]["same_frame"]
-    assert json.loads((runs / "train_latent_nanogpt/demo_gpt/config.json").read_text())["first_frame_windows"] == 0.3
+    gpt_cfg = json.loads((runs / "train_latent_nanogpt/demo_gpt/config.json").read_text())
+    assert gpt_cfg["first_frame_windows"] == 0.3
+    assert gpt_cfg["lr_decay_iters"] == 2400  # the lr decay spans the GPT's 24 of --minutes 38 at ~100 steps a minute
     res = json.loads((runs / "demo/results_gpt.json").read_text())
     assert "class_kept" in json.dumps(res) and "prompt_accuracy" in json.dumps(res)
     assert (runs / "evaluate/continuation_demo_gpt.gif").exists() and "| GPT |" in gpt.stdout
