@@ -9,8 +9,8 @@
   share whose code is the previous latent frame's code of the same cell, and of the cell at the best whole-frame
   shift (|dy|, |dx| <= 2 cells, chosen per frame: an upper bound on copying a digit along its motion); with --merge D ..., the
   same with every code closer than D to a more used one switched off (near-duplicate codes merged, as
-  tokenize_videos.py --merge_codes D encodes), with the merged codes' PSNR: what a codebook without
-  near-duplicates gives;
+  tokenize_videos.py --merge_codes D encodes), with the merged codes' PSNR and digit-cell copies: what a
+  codebook without near-duplicates gives;
 - a GPT (--checkpoint, optional): per-token loss on digit and background cells, per latent frame, each token
   read with the context the sampler gives it (models.cfg.reanchor windows; null label). Later latent frames of
   a clip are nearly determined by the first (constant motion, same digits), so a model that reuses what it
@@ -180,7 +180,8 @@ def main(argv=None):
             recon = vae.decode_codes(merged.to(vae.device)).cpu()
         out["tokenizer"][f"codes merged below {d}"] = dict(
             codes_in_use=int(merged.unique().numel()), kept=round(float(kept(merged)[still].float().mean()), 3),
-            psnr=round(float(psnr(recon, x).mean()), 2))
+            psnr=round(float(psnr(recon, x).mean()), 2),
+            **{f"digit cells {k}": v for k, v in shifted_copies(merged, fg).items()})
     print(f"[bench_tokens] tokenizer {a.vae}, {len(x)} val clips, code grid {tuple(codes.shape[1:])}")
     for k, v in out["tokenizer"].items():
         print(f"  {k}: " + ", ".join(f"{n} {v[n]}" for n in v))
