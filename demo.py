@@ -114,6 +114,7 @@ def main(argv=None):
     tiny_gpt = ["--n_layer", 1, "--n_head", 2, "--n_embd", 32, "--max_iters", 3, "--eval_interval", 2,
                 "--log_every", 1] if a.tiny else []
     vae_minutes = a.minutes * 14 / 38
+    gen_minutes = a.minutes - vae_minutes  # each generator's budget (the DiT's, and the GPT's with --with_gpt)
     t0 = time.time()
     flying = ["generate_flying_mnist.py", "--resolution", 64, "--num_frames", 16, "--max_digits", 2,
               "--digit_size_min", 20, "--digit_size_max", 28, "--min_speed", 1, "--max_speed", 4]
@@ -128,7 +129,7 @@ def main(argv=None):
     run("3/6 latents", ["latents.py", *common, "--vae", vae, "--batch_size", 16, "--decode", 4], latents)
     dit = runs / "iddpm/demo_dit/checkpoints/last.ckpt"
     run("4/6 diffusion", ["iddpm.py", "--latents_input_file", latents, "--vae", vae, "--latent_frames_to_generate", 4,
-                          *DIT_RECIPE, "--max_steps", 100000, "--epochs", -1, "--max_time", hms(a.minutes - vae_minutes),
+                          *DIT_RECIPE, "--max_steps", 100000, "--epochs", -1, "--max_time", hms(gen_minutes),
                           "--sample_every", 0, "--checkpoint_every", 500, "--log_every", 20, "--num_workers", 1,
                           "--run_name", "demo_dit", *tiny_dit], dit, resumable=True)
     prompts = val_prompts(data, a.num_videos)
@@ -163,9 +164,9 @@ def main(argv=None):
         run("+ GPT", ["train_latent_nanogpt.py", "--tokens_input_file", tokens, "--block_size", 512, "--n_layer", 4,
                       "--n_head", 4, "--n_embd", 256, "--dropout", 0.0, "--batch_size", 16, "--learning_rate", 1e-3,
                       "--max_iters", 100000, "--min_lr", 1e-4, "--class_conditional",
-                      "--lr_decay_iters", max(1, round(GPT_STEPS_PER_MINUTE * (a.minutes - vae_minutes))),
+                      "--lr_decay_iters", max(1, round(GPT_STEPS_PER_MINUTE * gen_minutes)),
                       *GPT_RECIPE,
-                      "--max_time", hms(a.minutes - vae_minutes), "--eval_interval", 200, "--eval_iters", 4,
+                      "--max_time", hms(gen_minutes), "--eval_interval", 200, "--eval_iters", 4,
                       "--sample_interval", 0, "--num_workers", 1, "--run_name", "demo_gpt", *tiny_gpt], gpt, resumable=True)
     n_eval = 8 if a.tiny else a.eval_videos
     tiny_eval = ["--feature_steps", 10] if a.tiny else []

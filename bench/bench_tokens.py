@@ -121,8 +121,8 @@ def sampler_losses(gpt, seq: torch.Tensor, groups: dict[int, torch.Tensor] | Non
             lg, tgt = logits[:, n - 1 - a], seq[:, n]
             out["loss"][:, n - 1] = F.cross_entropy(lg, tgt, reduction="none")
             out["hit"][:, n - 1] = (lg.argmax(-1) == tgt).float()
+            p = lg[:, :-1].softmax(-1) if groups else None  # over the codes (the last entry is BOS), once per position
             for G, grp in groups.items():
-                p = lg[:, :len(grp)].softmax(-1)
                 pooled = torch.zeros(len(p), int(grp.max()) + 1).index_add_(1, grp, p)
                 tg = grp[tgt]
                 out[f"loss {G}"][:, n - 1] = -pooled.gather(1, tg[:, None])[:, 0].clamp(min=1e-12).log()
