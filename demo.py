@@ -174,7 +174,7 @@ def main(argv=None):
               ["--checkpoint", dit, "--prompted", "--cfg_scale", CFG_SCALE, "--sampler", SAMPLER, "--steps", STEPS, "--vae", vae])]
     if a.with_gpt:
         evals.append(("GPT", out / "results_gpt.json", ["--checkpoint", gpt, "--continuation", 4, "--prompted",
-                                                        "--cfg_scale", CFG_SCALE]))
+                                                        "--cfg_scale", CFG_SCALE, "--continuation_cfg", CFG_SCALE]))
     for label, res, args in evals:
         run(f"6/6 evaluate {label}", ["evaluate.py", "--dataset", a.name, "--num_fmd", n_eval, "--num_videos", n_eval,
                                       *args, "--output", res, *tiny_eval], res)

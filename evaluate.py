@@ -32,7 +32,7 @@ import torch
 
 from minisora.cli import add_bad_video_arg, add_token_sampling_args, token_sampling
 from minisora.data import VideoDataset, hold_last_frame, load_labels, to_model_range
-from minisora.evaluation import (FMD, DigitCNN, FeatureNet, colour_error, continuation_metrics,
+from minisora.evaluation import (FMD, DigitCNN, FeatureNet, colour_error, continuation_metrics, given_classes,
                                  fd_with_ci, i3d_features, prompt_accuracy, to_float, train_digit_classifier,
                                  train_feature_net, video_metrics)
 from minisora.generate import continue_videos, generate_videos, load_generator, label_prompts, num_classes
@@ -87,6 +87,10 @@ def main(argv=None):
                    help="next-token checkpoint: also continue each real val video from its first K frames (a multiple "
                         "of the VAE's temporal stride; only those are encoded) and score the generated frames "
                         "against the real ones, beside a copy-the-last-given-frame baseline")
+    p.add_argument("--continuation_cfg", type=float, default=0, metavar="S",
+                   help="class-conditional checkpoint: prompt each --continuation with the digits the classifier reads "
+                        "in its given frames (what class_kept compares against; nothing of the future), guidance S "
+                        "(0: no prompt, the null label)")
     p.add_argument("--cfg_scale", type=float, default=2.0, help="classifier-free guidance scale of --prompted samples")
     p.add_argument("--sampler", default="dpm++")
     p.add_argument("--steps", type=int, default=25)
@@ -103,6 +107,8 @@ def main(argv=None):
     a = p.parse_args(argv)
     if (a.prompted or a.continuation) and not a.checkpoint:
         sys.exit("error: --prompted / --continuation sample from a --checkpoint")
+    if a.continuation_cfg and not a.continuation:
+        sys.exit("error: --continuation_cfg prompts the --continuation K videos: give --continuation")
     t0 = time.time()
     common = dict(dataset=a.dataset, data_dir=a.data_dir, sequence_length=a.sequence_length, as_uint8=True,
                   on_error=a.on_bad_video)
@@ -199,9 +205,17 @@ def main(argv=None):
         print(f"| {label} | " + " | ".join(cells) + " |")
     continuation = {}
     if a.continuation:
+        prompts = {}
+        if a.continuation_cfg:
+            if not num_classes(module):
+                sys.exit("error: --continuation_cfg needs a class-conditional checkpoint (model_config num_classes)")
+            read = [sorted(given_classes(v, a.continuation, clf)) for v in real_val]
+            prompts = dict(y=label_prompts(read, num_classes(module), device), cfg_scale=a.continuation_cfg)
+            print(f"[evaluate] continuations prompted with the digits read in their given frames ({sum(map(bool, read))} "
+                  f"of {len(read)} videos; the rest get the null label), guidance {a.continuation_cfg}")
         try:
             cont = continue_videos(module, to_model_range(torch.from_numpy(real_val).permute(0, 4, 1, 2, 3)),
-                                   a.continuation, seed=a.seed, **token_sampling(a))
+                                   a.continuation, seed=a.seed, **token_sampling(a), **prompts)
         except ValueError as e:
             sys.exit(f"error: {e}")
         cont = np.stack([to_uint8_frames(v) for v in cont])

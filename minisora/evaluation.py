@@ -475,6 +475,12 @@ def prompt_accuracy(videos: np.ndarray, prompts, classifier: DigitCNN, conf: flo
     return float(np.mean([track_classes(v, classifier, conf) == set(map(int, p)) for v, p in zip(videos, prompts)]))
 
 
+def given_classes(video: np.ndarray, given: int, classifier: DigitCNN, conf: float = 0.9) -> set[int]:
+    """The digits read in the first `given` frames of a uint8 (T, H, W, 3) video (tracks with >= 2 legible
+    detections): what a continuation should keep (`continuation_metrics`' class_kept)."""
+    return track_classes(video[:given], classifier, conf, min_legible=min(2, given))
+
+
 def continuation_metrics(real: np.ndarray, continued: np.ndarray, given: int, classifier: DigitCNN,
                          conf: float = 0.9) -> dict:
     """Scores of continuations: `continued` (N, T, H, W, 3) uint8 holds the first `given` real frames, then a
@@ -486,7 +492,7 @@ def continuation_metrics(real: np.ndarray, continued: np.ndarray, given: int, cl
 
     r, c = to_float(real[:, given:]), to_float(continued[:, given:])
     per_frame = [float(psnr(c[:, :, t], r[:, :, t]).mean()) for t in range(r.shape[2])]
-    before = [track_classes(v[:given], classifier, conf, min_legible=min(2, given)) for v in real]
+    before = [given_classes(v, given, classifier, conf) for v in real]
     keep = [i for i, b in enumerate(before) if b]
     out = {"PSNR": float(psnr(c, r).mean()), "SSIM": float(ssim(c, r).mean()), "psnr_per_frame": per_frame,
            **video_metrics(continued[:, given:], classifier, conf),

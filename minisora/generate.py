@@ -80,11 +80,13 @@ def generate_videos(module, n: int, batch_size: int = 8, seed: int = 0, sampler:
 
 @torch.no_grad()
 def continue_videos(module, real: torch.Tensor, given: int, batch_size: int = 8, seed: int = 0,
-                    temperature: float | None = None, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+                    temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
+                    y: torch.Tensor | None = None, cfg_scale: float = 1.0) -> torch.Tensor:
     """Continuations of real videos (N, 3, T, H, W) in [-1, 1] by a next-token model: only the first `given`
     frames (a multiple of the VAE's temporal stride) are encoded -- nothing of the future leaks through a
     non-causal encoder -- and the model generates the rest of the code grid. Returns (N, 3, T, H, W) on the
-    CPU: the given frames exactly as they were, then the decoded continuation.
+    CPU: the given frames exactly as they were, then the decoded continuation. y (N, classes) multi-hot, with
+    cfg_scale: label prompts of a class-conditional model (e.g. the digits read in the given frames).
 
     The given frames are encoded as a whole clip of T frames whose future is the last given frame held still
     (minisora.data.hold_last_frame). A non-causal encoder shown the given frames alone sees a clip shape it never
@@ -102,7 +104,8 @@ def continue_videos(module, real: torch.Tensor, given: int, batch_size: int = 8,
     for i in range(0, len(real), batch_size):
         x = real[i:i + batch_size].to(vae.device)
         codes = vae.encode_codes(hold_last_frame(x, given, 2))[:, :given // stride]
-        full = module.sample_codes(len(x), codes, seed=seed + i, temperature=temperature, top_k=top_k, top_p=top_p)
+        kw = {} if y is None else dict(y=y[i:i + batch_size].float(), cfg_scale=cfg_scale)
+        full = module.sample_codes(len(x), codes, seed=seed + i, temperature=temperature, top_k=top_k, top_p=top_p, **kw)
         video = vae.decode_codes(full.to(vae.device)).float().clamp(-1, 1)
         out.append(torch.cat([x[:, :, :given], video[:, :, given:]], 2).cpu())
     return torch.cat(out)

@@ -278,10 +278,11 @@ def test_continue_videos_encodes_only_the_given_frames(tiny_vaes, real):
     from minisora.generate import continue_videos
     from minisora.resolve import load_vae
     vae = load_vae(str(tiny_vaes["vq"]))
-    seen = []
+    seen, prompts = [], []
 
     def sample_codes(n, prompt_codes, seed=0, **kw):
         seen.append(prompt_codes)
+        prompts.append(kw)
         rest = torch.randint(0, vae.n_codes, (n, 4 - prompt_codes.shape[1], *prompt_codes.shape[2:]))
         return torch.cat([prompt_codes, rest], 1)
     module = types.SimpleNamespace(vae=vae, sample_codes=sample_codes)
@@ -296,6 +297,12 @@ def test_continue_videos_encodes_only_the_given_frames(tiny_vaes, real):
     future[:, :, 4:] = -future[:, :, 4:]
     continue_videos(module, future, 4)
     assert torch.equal(seen[1], seen[0])
+    assert prompts[0].get("y") is None  # no prompt: the null label
+    # label prompts (e.g. the digits read in the given frames) reach the model batch by batch, with the guidance
+    y = torch.eye(10)[[3, 7, 1]]
+    continue_videos(module, x, 4, batch_size=2, y=y, cfg_scale=3.0)
+    assert [p["cfg_scale"] for p in prompts[2:]] == [3.0, 3.0]
+    assert torch.equal(prompts[2]["y"], y[:2]) and torch.equal(prompts[3]["y"], y[2:])
     with pytest.raises(ValueError, match="multiple of the VAE's temporal stride"):
         continue_videos(module, x, 6)
     with pytest.raises(ValueError, match="next-token model"):

@@ -455,7 +455,8 @@ def test_class_conditional_gpt_script_and_prompted_sampling(tiny_stage_files, ti
     """--class_conditional trains on the tokens' source labels (--code_embeddings: with the codebook's vectors;
     --prev_frames: reading earlier frames through the whole sequence; with --first_frame_windows and
     --input_noise); sample.py --prompts/--cfg_scale works for it;
-    evaluate.py --continuation scores its continuations of real val videos beside the copy-last-frame baseline."""
+    evaluate.py --continuation scores its continuations of real val videos beside the copy-last-frame baseline
+    (--continuation_cfg: prompted with the digits read in the given frames)."""
     run("train_latent_nanogpt.py", ["--tokens_input_file", tiny_stage_files["tokens"], *TINY_LM, "--block_size", "64",
                                     "--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--class_conditional",
                                     "--code_embeddings", "--prev_frames", "1", "--first_frame_windows", "0.5",
@@ -469,9 +470,11 @@ def test_class_conditional_gpt_script_and_prompted_sampling(tiny_stage_files, ti
     out = run("sample.py", ["--checkpoint", ck, "--num_videos", 2, "--prompts", "3,7", "1", "--cfg_scale", 2,
                             "--output_dir", tmp_path / "smp"], tmp_path)
     assert (tmp_path / "smp/grid.gif").exists() and "2 videos" in out.stdout
-    run("evaluate.py", ["--dataset", "tiny", "--data_dir", tiny_data, "--checkpoint", ck, "--continuation", 4,
-                        "--resolution", 32, "--sequence_length", 8, "--num_videos", 0, "--num_fmd", 4, "--feature_steps", 5,
-                        "--cache_dir", tmp_path / "ev", "--output", tmp_path / "ev.json"], tmp_path)
+    ev = run("evaluate.py", ["--dataset", "tiny", "--data_dir", tiny_data, "--checkpoint", ck, "--continuation", 4,
+                             "--continuation_cfg", 2, "--resolution", 32, "--sequence_length", 8, "--num_videos", 0,
+                             "--num_fmd", 4, "--feature_steps", 5, "--cache_dir", tmp_path / "ev",
+                             "--output", tmp_path / "ev.json"], tmp_path)
+    assert "continuations prompted with the digits read in their given frames" in ev.stdout
     cont = json.loads((tmp_path / "ev.json").read_text())["continuation"]
     assert set(cont) == {"model", "copy last given frame", "real"} and len(cont["model"]["psnr_per_frame"]) == 4
     assert cont["real"]["SSIM"] > 0.999 and cont["copy last given frame"]["mean_speed_px"] < cont["real"]["mean_speed_px"]
