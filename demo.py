@@ -200,7 +200,7 @@ def main(argv=None):
           f"  evaluation:      {out / 'results.json'}")
     if a.with_gpt:
         print(f"  GPT samples:     {gpt.parent.parent / 'samples'}\n"
-              f"  GPT continuations (first 4 frames given): {WORK / 'runs/evaluate/continuation_demo_gpt.gif'}")
+              f"  GPT continuations (first 4 frames given, prompted with their digits): {WORK / 'runs/evaluate/continuation_demo_gpt.gif'}")
 
 
 if __name__ == "__main__":
