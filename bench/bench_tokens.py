@@ -16,7 +16,13 @@
   a clip are nearly determined by the first (constant motion, same digits), so a model that reuses what it
   saw scores them lower than latent frame 0. With it, the argmax accuracy on digit cells, and with
   --code_groups G ...: the same loss and accuracy when codes are pooled into G groups of nearby codebook vectors
-  (k-means over the codes in use): what the model gets right about the picture rather than the exact code.
+  (k-means over the codes in use): what the model gets right about the picture rather than the exact code;
+- with --sensitivity (tokenizers of one frame per latent frame): what a digit cell's code depends on. Of the digit
+  cells, the share that keep their code when each frame is encoded alone (a 1-frame clip: no temporal context);
+  when the whole clip is translated by 1, 2 or 4 px (4 px: compared with the cell the content moved to; a code of
+  the patch's content would keep them all); and when frame t is replaced by a motion-compensated prediction from
+  frames t-2 and t-1 (per-pixel block matching, frame t-1 carried forward by its motion; real and decoded
+  frames): how far a pixel-space motion model can make the next frame's codes predictable.
 
   python bench/bench_tokens.py --dataset flying_mnist_demo --vae runs/train_vqvae/<tokenizer>/checkpoints/last.ckpt \\
       --checkpoint runs/train_latent_nanogpt/<gpt>/checkpoints/last.ckpt
@@ -102,6 +108,65 @@ def codebook_groups(codebook: torch.Tensor, in_use: torch.Tensor, k: int, iters:
     return torch.cdist(codebook.float(), centres).argmin(1)
 
 
+def translate(x: torch.Tensor, dy: int, dx: int, fill: float = -1.0) -> torch.Tensor:
+    """(..., H, W) with its content moved by (dy, dx) pixels; uncovered pixels get `fill` (-1: black)."""
+    out = torch.full_like(x, fill)
+    H, W = x.shape[-2:]
+    src_y, dst_y = (slice(0, H - dy), slice(dy, H)) if dy >= 0 else (slice(-dy, H), slice(0, H + dy))
+    src_x, dst_x = (slice(0, W - dx), slice(dx, W)) if dx >= 0 else (slice(-dx, W), slice(0, W + dx))
+    out[..., dst_y, dst_x] = x[..., src_y, src_x]
+    return out
+
+
+def predict_next_frame(f0: torch.Tensor, f1: torch.Tensor, reach: int = 5, window: int = 9) -> torch.Tensor:
+    """Frames t-2, t-1 (B, 3, H, W) in [-1, 1] -> a prediction of frame t: each pixel's motion is the shift
+    (|dy|, |dx| <= reach) that best maps frame t-2 onto t-1 in the window around it (sum of absolute differences,
+    ties to the smaller shift), and every non-black pixel of frame t-1 moves on by its motion (constant velocity;
+    overlaps keep the brighter pixel, the rest is black)."""
+    shifts = [(dy, dx) for dy in range(-reach, reach + 1) for dx in range(-reach, reach + 1)]
+    err = torch.cat([F.avg_pool2d((f1 - translate(f0, dy, dx)).abs().sum(1, keepdim=True), window, 1, window // 2,
+                                  count_include_pad=False) + 1e-4 * (dy * dy + dx * dx) for dy, dx in shifts], 1)
+    motion, content = err.argmin(1), f1.amax(1) > -0.8
+    pred = torch.full_like(f1, -1.0)
+    for k, (dy, dx) in enumerate(shifts):
+        moving = ((motion == k) & content)[:, None]
+        if moving.any():
+            pred = torch.maximum(pred, translate(torch.where(moving, f1, -1.0), dy, dx))
+    return pred
+
+
+@torch.no_grad()
+def code_sensitivity(vae, x: torch.Tensor, codes: torch.Tensor, fg: torch.Tensor) -> dict:
+    """Shares of digit cells (fg, (N, t, h, w)) whose code (`codes`, the clip's) survives: each frame encoded alone,
+    the clip translated by 1 / 2 / 4 px, and frame t replaced by predict_next_frame of frames t-2, t-1 (real,
+    and decoded from the codes); the copy-the-cell baseline beside it. Per-frame tokenizers (t == T)."""
+    n, T = x.shape[0], x.shape[2]
+    if codes.shape[1] != T:
+        raise ValueError("--sensitivity needs a tokenizer with one latent frame per frame (e.g. s4t1_m_vq)")
+    cell = x.shape[-1] // codes.shape[-1]
+
+    def share(c, ref=codes, m=fg):
+        return round(float((c == ref)[m].float().mean()), 3)
+    alone = rearrange(vae.encode_codes(rearrange(x, "n c t h w -> (n t) c 1 h w")).cpu(), "(n t) 1 h w -> n t h w", n=n)
+    out = {"frame encoded alone": share(alone)}
+    for px in sorted({1, 2, cell}):
+        moved = vae.encode_codes(translate(x, 0, px)).cpu()
+        if px % cell:  # same cell, content moved by a fraction of a cell
+            out[f"clip moved {px} px"] = share(moved[..., :-1], codes[..., :-1], fg[..., :-1])
+        else:  # the cell the content moved to
+            k = px // cell
+            out[f"clip moved {px} px"] = share(moved[..., k:-1], codes[..., :-1 - k], fg[..., :-1 - k])
+    decoded = vae.decode_codes(codes.to(vae.device)).float().cpu()
+    for name, src in (("real", x), ("decoded", decoded)):
+        clip = src.clone()
+        for t in range(2, T):
+            clip[:, :, t] = predict_next_frame(src[:, :, t - 2], src[:, :, t - 1])
+        out[f"motion-compensated prediction from {name} frames"] = share(vae.encode_codes(clip).cpu()[:, 2:],
+                                                                         codes[:, 2:], fg[:, 2:])
+    out["copy the cell (frames 2..)"] = share(codes[:, 1:-1], codes[:, 2:], fg[:, 2:])
+    return out
+
+
 @torch.no_grad()
 def sampler_losses(gpt, seq: torch.Tensor, groups: dict[int, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """(N, L) sequences [BOS, codes...] -> {"loss", "hit"} (N, L - 1): each code's loss and whether it is the
@@ -146,6 +211,9 @@ def main(argv=None):
     p.add_argument("--code_groups", type=int, nargs="*", default=[], metavar="G",
                    help="with --checkpoint: also score the GPT with codes pooled into G groups of nearby codebook "
                         "vectors (k-means over the codes in use)")
+    p.add_argument("--sensitivity", action="store_true",
+                   help="also score what a digit cell's code depends on: temporal context, sub-cell shifts, a "
+                        "motion-compensated prediction (per-frame tokenizers)")
     p.add_argument("--output", default=None, help="also write the numbers to this JSON file")
     a = p.parse_args(argv)
     ds = VideoDataset(a.dataset, "val", a.resolution, a.sequence_length, data_dir=a.data_dir)
@@ -182,6 +250,8 @@ def main(argv=None):
             codes_in_use=int(merged.unique().numel()), kept=round(float(kept(merged)[still].float().mean()), 3),
             psnr=round(float(psnr(recon, x).mean()), 2),
             **{f"digit cells {k}": v for k, v in shifted_copies(merged, fg).items()})
+    if a.sensitivity:
+        out["tokenizer"]["digit cells keeping their code when"] = code_sensitivity(vae, x, codes, fg)
     print(f"[bench_tokens] tokenizer {a.vae}, {len(x)} val clips, code grid {tuple(codes.shape[1:])}")
     for k, v in out["tokenizer"].items():
         print(f"  {k}: " + ", ".join(f"{n} {v[n]}" for n in v))

@@ -50,3 +50,42 @@ def test_shifted_copies_finds_a_digit_carried_along_its_motion():
     assert r["best_shift"] == 1.0 and r["same_cell"] == 0.0  # no digit cell keeps its code in place
     codes[0, 2, 2, 3] = 9  # one of frame 2's four cells changes its code
     assert shifted_copies(codes, digit)["best_shift"] == 7 / 8
+
+
+def test_motion_compensated_prediction_carries_a_moving_patch_on():
+    from bench.bench_tokens import predict_next_frame, translate
+    frames = torch.full((3, 1, 3, 32, 32), -1.0)
+    patch = torch.rand(3, 5, 6) * 1.5 - 0.5  # textured, non-black
+    for t in range(3):  # moving (1, 2) px per frame
+        frames[t, 0, :, 8 + t:13 + t, 6 + 2 * t:12 + 2 * t] = patch
+    pred = predict_next_frame(frames[0], frames[1])
+    assert torch.equal(pred, frames[2])  # constant velocity: the next frame exactly
+    assert not torch.equal(frames[1], frames[2])  # (copying the last frame would not be)
+    x = torch.arange(16.0).view(1, 4, 4)
+    assert torch.equal(translate(x, 1, -2)[0, 1:, :2], x[0, :3, 2:]) and (translate(x, 1, -2)[0, 0] == -1).all()
+
+
+def test_code_sensitivity_of_a_tokenizer_that_codes_each_pixel():
+    """A 'tokenizer' whose code is a cell's pixel pattern: alone = clip codes, a whole-cell shift keeps every code."""
+    from bench.bench_tokens import code_sensitivity
+
+    class PixelCodes:  # cell = 2x2 px of one channel, binarised: 16 codes, no temporal context
+        def encode_codes(self, v):
+            b = (v[:, 0] > 0).long()  # (N, T, H, W)
+            return b[..., ::2, ::2] + 2 * b[..., ::2, 1::2] + 4 * b[..., 1::2, ::2] + 8 * b[..., 1::2, 1::2]
+
+        def decode_codes(self, c):
+            bits = torch.stack([(c >> k) & 1 for k in range(4)], -1).float() * 2 - 1  # (N, T, h, w, 4)
+            img = rearrange(bits, "n t h w (a b) -> n t (h a) (w b)", a=2, b=2)
+            return img[:, None].expand(-1, 3, -1, -1, -1)
+
+    from einops import rearrange
+    torch.manual_seed(0)
+    x = (torch.rand(2, 1, 4, 16, 16) > 0.5).float().expand(-1, 3, -1, -1, -1) * 2 - 1
+    vae = PixelCodes()
+    vae.device = "cpu"
+    codes = vae.encode_codes(x)
+    fg = torch.ones_like(codes, dtype=torch.bool)
+    r = code_sensitivity(vae, x, codes, fg)
+    assert r["frame encoded alone"] == 1.0 and r["clip moved 2 px"] == 1.0  # 2 px = one cell: every code kept
+    assert r["clip moved 1 px"] < 0.5  # half a cell: the pattern changes
