@@ -139,7 +139,8 @@ def predict_next_frame(f0: torch.Tensor, f1: torch.Tensor, reach: int = 5, windo
 def code_sensitivity(vae, x: torch.Tensor, codes: torch.Tensor, fg: torch.Tensor) -> dict:
     """Shares of digit cells (fg, (N, t, h, w)) whose code (`codes`, the clip's) survives: each frame encoded alone,
     the clip translated by 1 / 2 / 4 px, and frame t replaced by predict_next_frame of frames t-2, t-1 (real,
-    and decoded from the codes); the copy-the-cell baseline beside it. Per-frame tokenizers (t == T)."""
+    and decoded from the codes; with the prediction's pixel MSE and that of copying frame t-1); the copy-the-cell
+    baseline beside it; and the frame-alone codes' PSNR and their own copy shares. Per-frame tokenizers (t == T)."""
     n, T = x.shape[0], x.shape[2]
     if codes.shape[1] != T:
         raise ValueError("--sensitivity needs a tokenizer with one latent frame per frame (e.g. s4t1_m_vq)")
@@ -148,7 +149,9 @@ def code_sensitivity(vae, x: torch.Tensor, codes: torch.Tensor, fg: torch.Tensor
     def share(c, ref=codes, m=fg):
         return round(float((c == ref)[m].float().mean()), 3)
     alone = rearrange(vae.encode_codes(rearrange(x, "n c t h w -> (n t) c 1 h w")).cpu(), "(n t) 1 h w -> n t h w", n=n)
-    out = {"frame encoded alone": share(alone)}
+    out = {"frame encoded alone": share(alone), "frames encoded alone, decoded: PSNR": round(float(psnr(
+        vae.decode_codes(alone.to(vae.device)).float().cpu(), x).mean()), 2),
+           **{f"frames encoded alone, kept from the frame before: {k}": v for k, v in shifted_copies(alone, fg).items()}}
     for px in sorted({1, 2, cell}):
         moved = vae.encode_codes(translate(x, 0, px)).cpu()
         if px % cell:  # same cell, content moved by a fraction of a cell
@@ -163,6 +166,8 @@ def code_sensitivity(vae, x: torch.Tensor, codes: torch.Tensor, fg: torch.Tensor
             clip[:, :, t] = predict_next_frame(src[:, :, t - 2], src[:, :, t - 1])
         out[f"motion-compensated prediction from {name} frames"] = share(vae.encode_codes(clip).cpu()[:, 2:],
                                                                          codes[:, 2:], fg[:, 2:])
+        out[f"  its pixel MSE against real frames (copying frame t-1: {name})"] = [
+            round(float(((clip[:, :, 2:] - x[:, :, 2:]) ** 2).mean()), 4), round(float(((src[:, :, 1:-1] - x[:, :, 2:]) ** 2).mean()), 4)]
     out["copy the cell (frames 2..)"] = share(codes[:, 1:-1], codes[:, 2:], fg[:, 2:])
     return out
 
