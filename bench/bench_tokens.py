@@ -166,7 +166,7 @@ def code_sensitivity(vae, x: torch.Tensor, codes: torch.Tensor, fg: torch.Tensor
             clip[:, :, t] = predict_next_frame(src[:, :, t - 2], src[:, :, t - 1])
         out[f"motion-compensated prediction from {name} frames"] = share(vae.encode_codes(clip).cpu()[:, 2:],
                                                                          codes[:, 2:], fg[:, 2:])
-        out[f"  its pixel MSE against real frames (copying frame t-1: {name})"] = [
+        out[f"pixel MSE against real frames, prediction / copying frame t-1 ({name} frames)"] = [
             round(float(((clip[:, :, 2:] - x[:, :, 2:]) ** 2).mean()), 4), round(float(((src[:, :, 1:-1] - x[:, :, 2:]) ** 2).mean()), 4)]
     out["copy the cell (frames 2..)"] = share(codes[:, 1:-1], codes[:, 2:], fg[:, 2:])
     return out

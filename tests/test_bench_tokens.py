@@ -88,6 +88,6 @@ def test_code_sensitivity_of_a_tokenizer_that_codes_each_pixel():
     fg = torch.ones_like(codes, dtype=torch.bool)
     r = code_sensitivity(vae, x, codes, fg)
     assert r["frame encoded alone"] == 1.0 and r["clip moved 2 px"] == 1.0  # 2 px = one cell: every code kept
-    mse_pred, mse_copy = r["  its pixel MSE against real frames (copying frame t-1: real)"]
+    _, mse_copy = r["pixel MSE against real frames, prediction / copying frame t-1 (real frames)"]
     assert mse_copy > 0 and r["frames encoded alone, decoded: PSNR"] > 0
     assert r["clip moved 1 px"] < 0.5  # half a cell: the pattern changes
