@@ -164,6 +164,9 @@ def add_token_sampling_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--temperature", type=float, default=None, help="0 = greedy")
     t.add_argument("--top_k", type=int, default=None, help="0 = off")
     t.add_argument("--top_p", type=float, default=None, help="1 = off")
+    t.add_argument("--later_temperature", type=float, default=None,
+                   help="temperature of the codes after the first latent frame (default: --temperature's); a frame "
+                        "follows almost deterministically from the ones before, so a cooler draw keeps the digits' shapes")
 
 
 def training_windows(a) -> dict:
@@ -172,4 +175,4 @@ def training_windows(a) -> dict:
 
 
 def token_sampling(a) -> dict:
-    return dict(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p)
+    return dict(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, later_temperature=a.later_temperature)

@@ -44,7 +44,7 @@ def num_classes(module) -> int:
 def generate_videos(module, n: int, batch_size: int = 8, seed: int = 0, sampler: str | None = "dpm++", steps: int = 25,
                     y: torch.Tensor | None = None, use_ema: bool = True, cfg_scale: float = 1.0,
                     temperature: float | None = None, top_k: int | None = None,
-                    top_p: float | None = None) -> list[torch.Tensor]:
+                    top_p: float | None = None, later_temperature: float | None = None) -> list[torch.Tensor]:
     """n videos (3, T, H, W) in [-1, 1] on the CPU, in batches (batch i uses seed + i * batch_size).
 
     Diffusion models use sampler/steps/y/use_ema/cfg_scale. sampler: dpm++ | ddim | ddpm for epsilon models,
@@ -52,7 +52,8 @@ def generate_videos(module, n: int, batch_size: int = 8, seed: int = 0, sampler:
     said once). y: None (a class-conditional model gets its null label), or a float multi-hot tensor (1, C)
     (the same prompt for every video) or (n, C) (one row per video); cfg_scale: classifier-free guidance
     scale (1: none). Token models take y and cfg_scale too (class-conditional GPTs; guidance on the logits)
-    and temperature / top_k / top_p (None: the trained values; top_k 0 and top_p 1 turn them off); batched
+    and temperature / top_k / top_p (None: the trained values; top_k 0 and top_p 1 turn them off) /
+    later_temperature (past the first latent frame; None: temperature's); batched
     KV-cache decoding: each step is cheap, a batch fills the matmuls."""
     diffusion = is_diffusion(module)
     if y is not None:
@@ -73,7 +74,7 @@ def generate_videos(module, n: int, batch_size: int = 8, seed: int = 0, sampler:
             videos.extend(module.vae.decode(z).cpu())
         else:
             codes = module.sample_codes(b, seed=seed + i, temperature=temperature, top_k=top_k, top_p=top_p, y=yb,
-                                        cfg_scale=cfg_scale)
+                                        cfg_scale=cfg_scale, later_temperature=later_temperature)
             videos.extend(module.vae.decode_codes(codes).cpu())
     return videos
 
@@ -81,7 +82,8 @@ def generate_videos(module, n: int, batch_size: int = 8, seed: int = 0, sampler:
 @torch.no_grad()
 def continue_videos(module, real: torch.Tensor, given: int, batch_size: int = 8, seed: int = 0,
                     temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-                    y: torch.Tensor | None = None, cfg_scale: float = 1.0) -> torch.Tensor:
+                    y: torch.Tensor | None = None, cfg_scale: float = 1.0,
+                    later_temperature: float | None = None) -> torch.Tensor:
     """Continuations of real videos (N, 3, T, H, W) in [-1, 1] by a next-token model: only the first `given`
     frames (a multiple of the VAE's temporal stride) are encoded -- nothing of the future leaks through a
     non-causal encoder -- and the model generates the rest of the code grid. Returns (N, 3, T, H, W) on the
@@ -105,7 +107,8 @@ def continue_videos(module, real: torch.Tensor, given: int, batch_size: int = 8,
         x = real[i:i + batch_size].to(vae.device)
         codes = vae.encode_codes(hold_last_frame(x, given, 2))[:, :given // stride]
         kw = {} if y is None else dict(y=y[i:i + batch_size].float(), cfg_scale=cfg_scale)
-        full = module.sample_codes(len(x), codes, seed=seed + i, temperature=temperature, top_k=top_k, top_p=top_p, **kw)
+        full = module.sample_codes(len(x), codes, seed=seed + i, temperature=temperature, top_k=top_k, top_p=top_p,
+                                   later_temperature=later_temperature, **kw)
         video = vae.decode_codes(full.to(vae.device)).float().clamp(-1, 1)
         out.append(torch.cat([x[:, :, :given], video[:, :, given:]], 2).cpu())
     return torch.cat(out)

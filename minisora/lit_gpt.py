@@ -69,11 +69,13 @@ class LitLM(L.LightningModule):
     @torch.no_grad()
     def sample_codes(self, n: int, prompt_codes: torch.Tensor | None = None, seed: int = 0, use_cache: bool = True,
                      temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-                     y: torch.Tensor | None = None, cfg_scale: float = 1.0) -> torch.Tensor:
+                     y: torch.Tensor | None = None, cfg_scale: float = 1.0,
+                     later_temperature: float | None = None) -> torch.Tensor:
         """Generate whole code grids (n, t, h, w). prompt_codes (n, t0, h, w): continue real first frames.
         temperature / top_k / top_p: None = the values the model was trained with (its hparams); top_k 0 and
         top_p 1 turn them off, temperature 0 is greedy. y (n, num_classes): label prompts (class-conditional
-        GPT; None: the null label), cfg_scale: classifier-free guidance on the logits."""
+        GPT; None: the null label), cfg_scale: classifier-free guidance on the logits; later_temperature: the
+        temperature of the codes after the first latent frame (None: `temperature`)."""
         h = self.hparams
         temperature = h.temperature if temperature is None else temperature
         top_k = h.top_k if top_k is None else (top_k or None)
@@ -88,7 +90,7 @@ class LitLM(L.LightningModule):
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             kw = dict(y=y.to(self.device), cfg_scale=cfg_scale) if y is not None else {}
             seq = self.model.generate(prompt, total - prompt.shape[1], temperature, top_k, top_p, use_cache=use_cache,
-                                      allowed=h.n_codes, generator=g, **kw)
+                                      allowed=h.n_codes, generator=g, later_temperature=later_temperature, **kw)
         self.model.train(was)
         return seq[:, 1:].reshape(n, *grid)
 

@@ -247,13 +247,18 @@ class GPT(ClassConditioned, nn.Module):
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, use_cache: bool = True, allowed: int | None = None,
                  generator: torch.Generator | None = None, y: torch.Tensor | None = None,
-                 cfg_scale: float = 1.0) -> torch.Tensor:
+                 cfg_scale: float = 1.0, later_temperature: float | None = None) -> torch.Tensor:
         """Continue `prompt` (B, L0), whose first token is sequence position 0 (BOS). Each prediction reads a
         training-like window of at most block_size tokens (re-anchored to its last half when full); with
         use_cache its keys are cached (amortised constant cost per token), without it every step recomputes
         the window (the reference: the same windows, the same logits). `allowed` restricts sampling to
         tokens < allowed (codes). y (B, num_classes): label prompts of a class-conditional model; cfg_scale
-        != 1 guides the logits, uncond + scale * (cond - uncond), with a null-label twin of the batch."""
+        != 1 guides the logits, uncond + scale * (cond - uncond), with a null-label twin of the batch.
+        later_temperature: the temperature of codes after the first latent frame (None: `temperature`). Once a
+        frame is drawn, the next ones are nearly determined by it (constant motion), so the spread of the model's
+        next-frame distribution is mostly its own error, which sampling at temperature 1 turns into morphing."""
+        def temp(length):
+            return step_temperature(length, self.config.grid, temperature, later_temperature)
         guide = y is not None and self.y_embed is not None and cfg_scale != 1.0
         labels = torch.cat([y, self.null_label_like(y)]) if guide else y
 
@@ -271,7 +276,7 @@ class GPT(ClassConditioned, nn.Module):
             for _ in range(max_new_tokens):
                 pos = torch.tensor(context_positions(seq.shape[1], bs, stride, self.config.context_dense), device=seq.device)
                 logits = next_logits(seq[:, pos], pos.expand(len(seq), -1))
-                seq = torch.cat([seq, sample_logits(logits, temperature, top_k, top_p, allowed, generator)], 1)
+                seq = torch.cat([seq, sample_logits(logits, temp(seq.shape[1]), top_k, top_p, allowed, generator)], 1)
             return seq
         # Dense context: every prediction reads a window [anchor, now) of at most block_size tokens whose keys
         # were all computed inside that same window -- exactly a training window. When the window is full it
@@ -288,7 +293,7 @@ class GPT(ClassConditioned, nn.Module):
 
         logits = window()
         for _ in range(max_new_tokens):
-            nxt = sample_logits(logits, temperature, top_k, top_p, allowed, generator)
+            nxt = sample_logits(logits, temp(seq.shape[1]), top_k, top_p, allowed, generator)
             seq = torch.cat([seq, nxt], 1)
             if seq.shape[1] - prompt.shape[1] >= max_new_tokens:
                 break
@@ -308,6 +313,13 @@ def _rename_legacy_positions(module, state_dict, prefix, *args):
         old = f"{prefix}pos_{axis}.weight"
         if old in state_dict:
             state_dict[f"{prefix}pos3d.{axis}.weight"] = state_dict.pop(old)
+
+
+def step_temperature(length: int, grid, temperature: float, later_temperature: float | None) -> float:
+    """The temperature of the token sampled at sequence position `length` (BOS at 0, code i at i + 1) of a
+    (t, h, w) code grid: `later_temperature` past the first latent frame (when given), else `temperature`."""
+    later = later_temperature is not None and grid is not None and length - 1 >= grid[1] * grid[2]
+    return later_temperature if later else temperature
 
 
 def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,

@@ -296,6 +296,25 @@ def test_sampling_filters():
     assert sample_logits(logits, 0).tolist() == [[1]] and sample_logits(logits, 0, allowed=1).tolist() == [[0]]
 
 
+@pytest.mark.parametrize("kind", ["gpt", "mamba"])
+def test_later_temperature_applies_past_the_first_latent_frame(kind):
+    """later_temperature 0: every code after the first latent frame (16 codes of a (2, 4, 4) grid) is the argmax
+    of a full forward pass over its window; the first frame is still drawn at temperature 1 (a random model's
+    near-uniform draw is not its argmax)."""
+    torch.manual_seed(0)
+    m = tiny_gpt(block_size=40) if kind == "gpt" else MambaLM(MambaConfig(
+        vocab_size=33, d_model=16, n_layer=2, grid=(2, 4, 4), block_size=40, use_kernels=False)).eval()
+    prompt = torch.full((3, 1), 32)
+    out = m.generate(prompt, 32, temperature=1.0, allowed=32, generator=torch.Generator().manual_seed(0),
+                     later_temperature=0.0)
+    logits = m(out[:, :-1], start=0)[0][:, :, :32]
+    greedy = logits.argmax(-1) == out[:, 1:]                  # (3, 32): the drawn code is the argmax
+    assert greedy[:, 16:].all()
+    assert not greedy[:, :16].all(1).any() and greedy[:, :16].float().mean() < 0.5
+    same = m.generate(prompt, 32, temperature=1.0, allowed=32, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(same[:, :17], out[:, :17]) and not torch.equal(same, out)  # default: one temperature
+
+
 def test_loss_falls_on_tiny_overfit():
     m = tiny_gpt().train()
     x = torch.randint(0, 32, (4, 12))
