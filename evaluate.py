@@ -39,7 +39,7 @@ from minisora.generate import continue_videos, generate_videos, load_generator, 
 from minisora.video_io import list_videos, read_video, save_video_grid, to_uint8_frames
 
 COLUMNS = ["videos", "FMD", "legibility", "legible_per_frame", "digits_per_frame", "mean_speed_px", "motion_residual_px",
-           "identity_switch_rate", "chroma", "hue_consistency", "hue_spread", "prompt_accuracy", "colour_error", "FVD",
+           "identity_switch_rate", "chroma", "ink_kept", "hue_consistency", "hue_spread", "prompt_accuracy", "colour_error", "FVD",
            "PSNR", "SSIM"]
 
 
@@ -223,7 +223,7 @@ def main(argv=None):
                         "copy last given frame": continuation_metrics(real_val, hold_last_frame(real_val, a.continuation, 1),
                                                                       a.continuation, clf),
                         "real": continuation_metrics(real_val, real_val, a.continuation, clf)}
-        cols = ["PSNR", "SSIM", "legible_per_frame", "mean_speed_px", "class_kept", "chroma"]
+        cols = ["PSNR", "SSIM", "legible_per_frame", "mean_speed_px", "class_kept", "chroma", "ink_kept"]
         print(f"\n[evaluate] continuation: {len(real_val)} val videos, the first {a.continuation} frames given, frames "
               f"{a.continuation}..{real_val.shape[1] - 1} scored\n\n| continuation | " + " | ".join(cols) + " |\n|---|"
               + "---|" * len(cols))

@@ -151,6 +151,9 @@ def add_lm_args(p: argparse.ArgumentParser) -> None:
     s.add_argument("--temperature", type=float, default=1.0)
     s.add_argument("--top_k", type=int, default=100)
     s.add_argument("--top_p", type=float, default=None)
+    s.add_argument("--later_temperature", type=float, default=None,
+                   help="temperature of the codes after the first latent frame (default: --temperature's); stored as "
+                        "the checkpoint's sampling default, like --temperature / --top_k")
     s.add_argument("--prompt_frames", type=int, default=1,
                    help="also continue a real val video from its first N latent frames (0: off)")
     add_loop_args(p)

@@ -407,6 +407,15 @@ def chroma(videos: np.ndarray, threshold: int = FG_THRESHOLD) -> float:
     return total / max(count, 1)
 
 
+def ink_kept(videos: np.ndarray, threshold: int = FG_THRESHOLD) -> float:
+    """Foreground pixels (max channel > threshold) of the last quarter of the frames over those of the first
+    quarter, summed over the videos: ~1 when digits keep their size (real data: they only leave through the
+    borders), < 1 when they fade or erode (a too-cool sampler), > 1 when strokes grow into scribbles."""
+    q = max(1, videos.shape[1] // 4)
+    fg = videos.max(-1) > threshold
+    return float(fg[:, -q:].sum()) / max(float(fg[:, :q].sum()), 1.0)
+
+
 def detection_metrics(videos_dets: list[list[list[tuple]]], size: int, conf: float = 0.9, min_track: int = 4,
                       min_chroma: float = 20.0, max_hue_dev: float = 30.0) -> dict:
     """Digit metrics from `find_digits` output of each video (frames of `size` px): see `video_metrics`."""
@@ -449,14 +458,15 @@ def video_metrics(videos: np.ndarray, classifier: DigitCNN, conf: float = 0.9) -
     * mean_speed_px: mean displacement per tracked step (px/frame): frozen digits have ~0.
     * motion_residual_px: RMS residual of a constant-velocity-with-bounce fit to every track of >= 4 frames
       (`bounce_fit_residuals`); identity_switch_rate: class changes per tracked step (both ends legible).
-    * chroma: mean max-min over RGB of the foreground pixels (0 for grey videos).
+    * chroma: mean max-min over RGB of the foreground pixels (0 for grey videos); ink_kept: foreground in
+      the last quarter of the frames over the first (`ink_kept`: digits that fade score < 1).
     * hue_consistency: fraction of the tracks of >= 4 frames whose hue (of the mean colour of the digit's
       pixels) stays within 30 degrees of the track's mean hue, and coloured (chroma >= 10), in every frame;
       grey tracks (chroma < 20) fail.
     * hue_spread: 1 - mean resultant length of the tracks' mean hues: ~1 for the data's random colours,
       0 when every digit has the same hue (or none is coloured)."""
     return {**detection_metrics([find_digits(v, classifier) for v in videos], max(videos.shape[2:4]), conf),
-            "chroma": chroma(videos)}
+            "chroma": chroma(videos), "ink_kept": ink_kept(videos)}
 
 
 def track_classes(frames: np.ndarray, classifier: DigitCNN, conf: float = 0.9, min_legible: int = 3) -> set[int]:

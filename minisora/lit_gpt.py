@@ -23,7 +23,7 @@ class LitLM(L.LightningModule):
                  learning_rate: float = 5e-4, min_lr: float = 1e-4, warmup_iters: int = 100, lr_decay_iters: int = 5000,
                  beta2: float = 0.99, weight_decay: float = 0.1, sample_dir: str | None = None,
                  temperature: float = 1.0, top_k: int | None = 100, top_p: float | None = None, num_samples: int = 1,
-                 prompt_frames: int = 0):
+                 prompt_frames: int = 0, later_temperature: float | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.model = build_model(kind, model_config)
@@ -38,7 +38,7 @@ class LitLM(L.LightningModule):
 
         module = cls(kind, model_config, n_codes, list(array.shape[1:]), vae.reference, a.lr, a.min_lr, a.warmup_steps,
                      a.lr_decay_iters, a.beta2, a.weight_decay, sample_dir, a.temperature, a.top_k, a.top_p,
-                     a.num_samples, a.prompt_frames)
+                     a.num_samples, a.prompt_frames, a.later_temperature)
         module.vae = vae
         first = prompt_rows[0] if prompt_rows else 0
         module.prompts = torch.from_numpy(np.asarray(array[first:first + 1]).astype(np.int64))
@@ -78,6 +78,8 @@ class LitLM(L.LightningModule):
         temperature of the codes after the first latent frame (None: `temperature`)."""
         h = self.hparams
         temperature = h.temperature if temperature is None else temperature
+        if later_temperature is None:  # the trained default (checkpoints from before the flag: one temperature)
+            later_temperature = h.get("later_temperature")
         top_k = h.top_k if top_k is None else (top_k or None)
         top_p = h.top_p if top_p is None else (top_p if top_p < 1 else None)
         grid = tuple(h.grid)

@@ -12,11 +12,11 @@ import torch
 from conftest import run
 from minisora.data import VideoDataset, load_labels
 from minisora.evaluation import (FMD, colour_error, connected_components, detection_metrics, extract_features,
-                                 fd_with_ci, frechet_distance, prompt_accuracy, standardizer, to_float,
+                                 fd_with_ci, frechet_distance, ink_kept, prompt_accuracy, standardizer, to_float,
                                  train_digit_classifier, train_feature_net, video_metrics)
 
 METRICS = {"legibility", "legible_per_frame", "digits_per_frame", "mean_speed_px", "motion_residual_px",
-           "identity_switch_rate", "chroma", "hue_consistency", "hue_spread"}
+           "identity_switch_rate", "chroma", "ink_kept", "hue_consistency", "hue_spread"}
 
 
 def tiny_split(tiny_data, split):
@@ -149,6 +149,15 @@ def test_frozen_videos_lose_speed(real, classifier, real_metrics):
     f = video_metrics(frozen, classifier)
     assert real_metrics["mean_speed_px"] > 1 and f["mean_speed_px"] < 0.05
     assert f["motion_residual_px"] < 0.05  # a still digit fits constant velocity perfectly: hence the speed metric
+
+
+def test_fading_digits_lose_ink(real, real_metrics):
+    """ink_kept: real digits keep their foreground (~1), digits that fade out over the clip (a too-cool sampler's
+    erosion) lose it, still ones keep exactly all of it."""
+    t = real.shape[1]
+    fade = (real * np.linspace(1, 0, t)[None, :, None, None, None]).round().astype(np.uint8)
+    assert 0.7 < real_metrics["ink_kept"] < 1.3 and ink_kept(fade) < 0.3
+    assert ink_kept(np.repeat(real[:, :1], t, axis=1)) == 1.0
 
 
 def test_grey_and_one_hue_copies_lose_colour(real, classifier, real_metrics):

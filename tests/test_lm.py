@@ -479,10 +479,12 @@ def test_class_conditional_gpt_script_and_prompted_sampling(tiny_stage_files, ti
     run("train_latent_nanogpt.py", ["--tokens_input_file", tiny_stage_files["tokens"], *TINY_LM, "--block_size", "64",
                                     "--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--class_conditional",
                                     "--code_embeddings", "--prev_frames", "1", "--first_frame_windows", "0.5",
-                                    "--input_noise", "0.1", "--output_dir", tmp_path, "--run_name", "c"], tmp_path)
+                                    "--input_noise", "0.1", "--later_temperature", "0.5", "--output_dir", tmp_path,
+                                    "--run_name", "c"], tmp_path)
     ck = tmp_path / "train_latent_nanogpt/c/checkpoints/last.ckpt"
     state = torch.load(ck, weights_only=True)
     assert state["minisora"]["config"]["num_classes"] == 10 and state["minisora"]["config"]["prev_frames"] == 1
+    assert state["hyper_parameters"]["later_temperature"] == 0.5  # the sampling default it carries
     vectors = state["state_dict"]["model.code_vectors"]  # the tokenizer's codebook, standardised; BOS row zero
     assert state["minisora"]["config"]["code_dim"] == vectors.shape[1] and vectors[-1].abs().sum() == 0
     assert torch.allclose(vectors[:-1].std(0), torch.ones(vectors.shape[1]), atol=1e-3)
