@@ -168,8 +168,8 @@ def add_token_sampling_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--top_k", type=int, default=None, help="0 = off")
     t.add_argument("--top_p", type=float, default=None, help="1 = off")
     t.add_argument("--later_temperature", type=float, default=None,
-                   help="temperature of the codes after the first latent frame (default: --temperature's); a frame "
-                        "follows almost deterministically from the ones before, so a cooler draw keeps the digits' shapes")
+                   help="temperature of the codes after the first latent frame (default: --temperature's); cooler "
+                        "draws clean the shapes but erode the digits (README: 'A cooler draw after the first frame')")
 
 
 def training_windows(a) -> dict:
