@@ -84,8 +84,10 @@ def main(argv=None):
     h = module.hparams
     how = f"{sampler}, {a.steps} steps" if diffusion else (
         f"temperature {h.temperature if a.temperature is None else a.temperature}, "
-        f"top-k {h.top_k if a.top_k is None else a.top_k}, top-p {h.top_p if a.top_p is None else a.top_p}, "
-        f"after the first latent frame temperature {h.get('later_temperature') if a.later_temperature is None else a.later_temperature}")
+        f"top-k {h.top_k if a.top_k is None else a.top_k}, top-p {h.top_p if a.top_p is None else a.top_p}")
+    later = None if diffusion else h.get("later_temperature") if a.later_temperature is None else a.later_temperature
+    if later is not None:
+        how += f", temperature {later} after the first latent frame"
     print(f"[sample] {a.num_videos} videos ({how}) in {dt:.1f}s "
           f"({dt / a.num_videos:.2f}s per video) -> {out}/000.mp4 ... and grid {grid} + {grid.with_suffix('.gif')}")
 
