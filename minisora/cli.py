@@ -170,6 +170,10 @@ def add_token_sampling_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--later_temperature", type=float, default=None,
                    help="temperature of the codes after the first latent frame (default: --temperature's); cooler "
                         "draws clean the shapes but erode the digits (README: 'A cooler draw after the first frame')")
+    t.add_argument("--first_frame_candidates", type=int, default=1, metavar="K",
+                   help="class-conditional token models: draw K first latent frames per video and keep the one the "
+                        "model itself reads as most like its prompt's digits (unprompted: like any digit), then draw "
+                        "the rest (costs K first frames; README: 'Picking the first frame')")
 
 
 def training_windows(a) -> dict:
@@ -178,4 +182,7 @@ def training_windows(a) -> dict:
 
 
 def token_sampling(a) -> dict:
-    return dict(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, later_temperature=a.later_temperature)
+    if a.first_frame_candidates < 1:
+        raise SystemExit(f"error: --first_frame_candidates must be >= 1, got {a.first_frame_candidates}")
+    return dict(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, later_temperature=a.later_temperature,
+                first_frame_candidates=a.first_frame_candidates)

@@ -421,7 +421,10 @@ def detection_metrics(videos_dets: list[list[list[tuple]]], size: int, conf: flo
     """Digit metrics from `find_digits` output of each video (frames of `size` px): see `video_metrics`."""
     n_det = n_leg = frames = switches = long_tracks = consistent = 0
     speeds, residuals, hues = [], [], []
+    length = max((len(d) for d in videos_dets), default=0)
+    by_frame = np.zeros(length)  # legible digits at each frame index, summed over videos
     for dets in videos_dets:
+        by_frame[:len(dets)] += [sum(x[3] >= conf for x in d) for d in dets]
         frames += len(dets)
         n_det += sum(len(d) for d in dets)
         n_leg += sum(x[3] >= conf for d in dets for x in d)
@@ -442,6 +445,7 @@ def detection_metrics(videos_dets: list[list[list[tuple]]], size: int, conf: flo
             consistent += bool((dev <= max_hue_dev).all() and (np.hypot(vec[:, 0], vec[:, 1]) >= min_chroma / 2).all())
     return {"legibility": n_leg / max(n_det, 1), "legible_per_frame": n_leg / max(frames, 1),
             "digits_per_frame": n_det / max(frames, 1),
+            "legible_by_frame": (by_frame / max(len(videos_dets), 1)).round(3).tolist(),
             "mean_speed_px": float(np.mean(speeds)) if speeds else 0.0,
             "motion_residual_px": float(np.sqrt(np.mean(np.concatenate(residuals) ** 2))) if residuals else float("nan"),
             "identity_switch_rate": switches / max(len(speeds), 1),
@@ -454,7 +458,8 @@ def video_metrics(videos: np.ndarray, classifier: DigitCNN, conf: float = 0.9) -
     (`find_digits`), linked frame to frame into tracks (`link_tracks`: a missed frame ends a track).
 
     * legibility: fraction of the components classified with confidence >= `conf`; legible_per_frame and
-      digits_per_frame: legible / all components per frame (so that few, or no, digits do not score well).
+      digits_per_frame: legible / all components per frame (so that few, or no, digits do not score well);
+      legible_by_frame: legible digits per video at each frame index (where a sampler loses its digits).
     * mean_speed_px: mean displacement per tracked step (px/frame): frozen digits have ~0.
     * motion_residual_px: RMS residual of a constant-velocity-with-bounce fit to every track of >= 4 frames
       (`bounce_fit_residuals`); identity_switch_rate: class changes per tracked step (both ends legible).

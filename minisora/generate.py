@@ -44,7 +44,8 @@ def num_classes(module) -> int:
 def generate_videos(module, n: int, batch_size: int = 8, seed: int = 0, sampler: str | None = "dpm++", steps: int = 25,
                     y: torch.Tensor | None = None, use_ema: bool = True, cfg_scale: float = 1.0,
                     temperature: float | None = None, top_k: int | None = None,
-                    top_p: float | None = None, later_temperature: float | None = None) -> list[torch.Tensor]:
+                    top_p: float | None = None, later_temperature: float | None = None,
+                    first_frame_candidates: int = 1) -> list[torch.Tensor]:
     """n videos (3, T, H, W) in [-1, 1] on the CPU, in batches (batch i uses seed + i * batch_size).
 
     Diffusion models use sampler/steps/y/use_ema/cfg_scale. sampler: dpm++ | ddim | ddpm for epsilon models,
@@ -53,7 +54,8 @@ def generate_videos(module, n: int, batch_size: int = 8, seed: int = 0, sampler:
     (the same prompt for every video) or (n, C) (one row per video); cfg_scale: classifier-free guidance
     scale (1: none). Token models take y and cfg_scale too (class-conditional GPTs; guidance on the logits)
     and temperature / top_k / top_p (None: the trained values; top_k 0 and top_p 1 turn them off) /
-    later_temperature (past the first latent frame; None: temperature's); batched
+    later_temperature (past the first latent frame; None: temperature's) / first_frame_candidates (K > 1:
+    each video's first latent frame is the best of K draws by the model's own label reading); batched
     KV-cache decoding: each step is cheap, a batch fills the matmuls."""
     diffusion = is_diffusion(module)
     if y is not None:
@@ -74,7 +76,8 @@ def generate_videos(module, n: int, batch_size: int = 8, seed: int = 0, sampler:
             videos.extend(module.vae.decode(z).cpu())
         else:
             codes = module.sample_codes(b, seed=seed + i, temperature=temperature, top_k=top_k, top_p=top_p, y=yb,
-                                        cfg_scale=cfg_scale, later_temperature=later_temperature)
+                                        cfg_scale=cfg_scale, later_temperature=later_temperature,
+                                        first_frame_candidates=first_frame_candidates)
             videos.extend(module.vae.decode_codes(codes).cpu())
     return videos
 
@@ -83,12 +86,13 @@ def generate_videos(module, n: int, batch_size: int = 8, seed: int = 0, sampler:
 def continue_videos(module, real: torch.Tensor, given: int, batch_size: int = 8, seed: int = 0,
                     temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
                     y: torch.Tensor | None = None, cfg_scale: float = 1.0,
-                    later_temperature: float | None = None) -> torch.Tensor:
+                    later_temperature: float | None = None, first_frame_candidates: int = 1) -> torch.Tensor:
     """Continuations of real videos (N, 3, T, H, W) in [-1, 1] by a next-token model: only the first `given`
     frames (a multiple of the VAE's temporal stride) are encoded -- nothing of the future leaks through a
     non-causal encoder -- and the model generates the rest of the code grid. Returns (N, 3, T, H, W) on the
     CPU: the given frames exactly as they were, then the decoded continuation. y (N, classes) multi-hot, with
     cfg_scale: label prompts of a class-conditional model (e.g. the digits read in the given frames).
+    first_frame_candidates: accepted with the other sampling settings and unused (the first frames are given).
 
     The given frames are encoded as a whole clip of T frames whose future is the last given frame held still
     (minisora.data.hold_last_frame). A non-causal encoder shown the given frames alone sees a clip shape it never

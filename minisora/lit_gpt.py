@@ -70,12 +70,14 @@ class LitLM(L.LightningModule):
     def sample_codes(self, n: int, prompt_codes: torch.Tensor | None = None, seed: int = 0, use_cache: bool = True,
                      temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
                      y: torch.Tensor | None = None, cfg_scale: float = 1.0,
-                     later_temperature: float | None = None) -> torch.Tensor:
+                     later_temperature: float | None = None, first_frame_candidates: int = 1) -> torch.Tensor:
         """Generate whole code grids (n, t, h, w). prompt_codes (n, t0, h, w): continue real first frames.
         temperature / top_k / top_p: None = the values the model was trained with (its hparams); top_k 0 and
         top_p 1 turn them off, temperature 0 is greedy. y (n, num_classes): label prompts (class-conditional
         GPT; None: the null label), cfg_scale: classifier-free guidance on the logits; later_temperature: the
-        temperature of the codes after the first latent frame (None: `temperature`)."""
+        temperature of the codes after the first latent frame (None: `temperature`); first_frame_candidates K > 1
+        (class-conditional models, when the first frame is drawn, not given): draw K first latent frames per video
+        and keep the one the model itself reads as most digit-like (`pick_first_frames`), then draw the rest."""
         h = self.hparams
         temperature = h.temperature if temperature is None else temperature
         if later_temperature is None:  # the trained default (checkpoints from before the flag: one temperature)
@@ -89,12 +91,52 @@ class LitLM(L.LightningModule):
         g = torch.Generator(device=self.device).manual_seed(seed)
         was = self.model.training
         self.model.eval()
+        y = None if y is None else y.to(self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            kw = dict(y=y.to(self.device), cfg_scale=cfg_scale) if y is not None else {}
-            seq = self.model.generate(prompt, total - prompt.shape[1], temperature, top_k, top_p, use_cache=use_cache,
-                                      allowed=h.n_codes, generator=g, later_temperature=later_temperature, **kw)
+            def draw(start, new, labels):
+                kw = dict(y=labels, cfg_scale=cfg_scale) if labels is not None else {}
+                return self.model.generate(start, new, temperature, top_k, top_p, use_cache=use_cache, allowed=h.n_codes,
+                                           generator=g, later_temperature=later_temperature, **kw)
+            if first_frame_candidates > 1 and prompt_codes is None:
+                k, frame = first_frame_candidates, grid[1] * grid[2]
+                yk = None if y is None else y.repeat_interleave(k, 0)
+                cands = draw(prompt.repeat_interleave(k, 0), frame, yk)  # (n k, 1 + frame): BOS + a first frame
+                prompt = self.pick_first_frames(cands.view(n, k, -1), y)
+            seq = draw(prompt, total - prompt.shape[1], y)
         self.model.train(was)
         return seq[:, 1:].reshape(n, *grid)
+
+    @torch.no_grad()
+    def label_log_likelihood(self, seq: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """(B,) log-likelihood of sequences [BOS, c_0, ...] (B, L <= block_size + 1) under label prompts y
+        (B, classes) multi-hot (None: the null label), read in one teacher-forced window from the clip's start."""
+        kw = {"history": seq} if self.hparams.model_config.get("prev_frames") else {}
+        logits = self.model(seq[:, :-1], start=0, y=y, **kw)[0].float()
+        return logits.log_softmax(-1).gather(-1, seq[:, 1:, None])[..., 0].sum(1)
+
+    @torch.no_grad()
+    def pick_first_frames(self, cands: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """cands (n, K, 1 + frame): K drawn first frames per video -> (n, 1 + frame), the one per video that the
+        model's implicit classifier (what classifier-free guidance amplifies) scores highest: log p(x | labels) -
+        log p(x | no label), with the video's prompt y, or without one, the best single digit (does the frame look
+        like any digit to the model). The model scores its own draws: no external classifier is involved."""
+        nc = int(self.hparams.model_config.get("num_classes") or 0)
+        if not nc:
+            raise ValueError("first_frame_candidates needs a class-conditional model (its labels score the frames)")
+        n, k, length = cands.shape
+        block = getattr(self.model.config, "block_size", None)
+        if block is not None and length - 1 > block:
+            raise ValueError(f"first_frame_candidates: a first frame of {length - 1} codes does not fit the model's "
+                             f"window of {block} tokens")
+        flat = cands.reshape(n * k, length)
+        null = self.label_log_likelihood(flat, torch.zeros(n * k, nc, device=flat.device))
+        if y is not None:
+            score = self.label_log_likelihood(flat, y.float().repeat_interleave(k, 0)) - null
+        else:
+            eye = torch.eye(nc, device=flat.device)
+            score = torch.stack([self.label_log_likelihood(flat, eye[c].expand(n * k, -1)) for c in range(nc)]).amax(0) - null
+        best = score.view(n, k).argmax(1)
+        return cands[torch.arange(n, device=cands.device), best]
 
     def sample_and_save(self, tag: str) -> Path | None:
         if self.vae is None or not self.hparams.sample_dir:

@@ -16,7 +16,7 @@ from minisora.evaluation import (FMD, colour_error, connected_components, detect
                                  train_digit_classifier, train_feature_net, video_metrics)
 
 METRICS = {"legibility", "legible_per_frame", "digits_per_frame", "mean_speed_px", "motion_residual_px",
-           "identity_switch_rate", "chroma", "ink_kept", "hue_consistency", "hue_spread"}
+           "identity_switch_rate", "chroma", "ink_kept", "hue_consistency", "hue_spread", "legible_by_frame"}
 
 
 def tiny_split(tiny_data, split):
@@ -125,6 +125,7 @@ def test_missed_frame_ends_a_track():
     r = detection_metrics([dets], size=64)
     assert r["motion_residual_px"] < 1e-6 and r["mean_speed_px"] == pytest.approx(2.5)
     assert r["digits_per_frame"] == r["legible_per_frame"] == 15 / 16 and r["hue_consistency"] == 1
+    assert r["legible_by_frame"] == [1.0] * 7 + [0.0] + [1.0] * 8  # where the digit was missed
     dets[7] = [(10 + 2.0 * 7 + 3, 5 + 1.5 * 7, 3, 1.0, 40, red)]  # seen, but 3 px off its path: residual > 0
     assert detection_metrics([dets], size=64)["motion_residual_px"] > 0.3
 

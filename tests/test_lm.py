@@ -470,6 +470,42 @@ def test_prompted_model_generates_the_prompted_sequence(kind):
     assert torch.equal(swapped, seqs.flip(0))  # the label, not the batch row, decides
 
 
+def test_first_frame_candidates_keep_the_frame_the_labels_explain():
+    """pick_first_frames keeps, of K drawn first frames, the one the model's own labels explain best: a tiny
+    class-conditional GPT overfit on eleven clips (digit d: its own random codes, still; no digit: code 0 everywhere)
+    keeps the {3} frame for the prompt {3} and the {7} frame for {7} wherever they sit among the candidates, and
+    unprompted a digit's frame over the empty one; sample_codes with first_frame_candidates draws the prompted clip."""
+    from minisora.lit_gpt import LitLM
+
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=33, grid=(2, 2, 4), block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0,
+                    num_classes=10, class_dropout=0.3)
+    module = LitLM("gpt", cfg.to_dict(), 32, [2, 2, 4], "none")
+    m = module.model
+    frames = torch.cat([torch.randint(1, 32, (10, 8)), torch.zeros(1, 8, dtype=torch.long)])  # digits 0-9, empty
+    seqs = torch.cat([torch.full((11, 1), 32), frames, frames], 1)
+    y = torch.cat([torch.eye(10), torch.zeros(1, 10)])  # the empty clip: no digit, the null label
+    opt = torch.optim.Adam(m.parameters(), 3e-3)
+    for _ in range(400):
+        _, loss = m(seqs[:, :-1], targets=seqs[:, 1:], y=y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    module.eval()
+    cands, y = seqs[[3, 7, 10], :9], y[[3, 7]]  # BOS + first frame: {3}, {7}, empty
+    for order in ([0, 1, 2], [2, 1, 0], [1, 2, 0]):
+        picked = module.pick_first_frames(cands[order][None].expand(2, -1, -1), y)
+        assert torch.equal(picked, cands[:2]), (order, picked)
+    for digit in (0, 1):
+        picked = module.pick_first_frames(cands[[2, digit]][None], None)
+        assert torch.equal(picked[0], cands[digit]), picked
+    out = module.sample_codes(2, y=y, temperature=0.5, first_frame_candidates=3)
+    assert out.shape == (2, 2, 2, 4) and torch.equal(out.flatten(1), seqs[[3, 7], 1:])
+    unconditional = LitLM("gpt", {**cfg.to_dict(), "num_classes": 0}, 32, [2, 2, 4], "none")
+    with pytest.raises(ValueError, match="class-conditional"):
+        unconditional.sample_codes(1, first_frame_candidates=2)
+
+
 def test_class_conditional_gpt_script_and_prompted_sampling(tiny_stage_files, tiny_data, tmp_path):
     """--class_conditional trains on the tokens' source labels (--code_embeddings: with the codebook's vectors;
     --prev_frames: reading earlier frames through the whole sequence; with --first_frame_windows and
@@ -489,7 +525,7 @@ def test_class_conditional_gpt_script_and_prompted_sampling(tiny_stage_files, ti
     assert state["minisora"]["config"]["code_dim"] == vectors.shape[1] and vectors[-1].abs().sum() == 0
     assert torch.allclose(vectors[:-1].std(0), torch.ones(vectors.shape[1]), atol=1e-3)
     out = run("sample.py", ["--checkpoint", ck, "--num_videos", 2, "--prompts", "3,7", "1", "--cfg_scale", 2,
-                            "--output_dir", tmp_path / "smp"], tmp_path)
+                            "--first_frame_candidates", 2, "--output_dir", tmp_path / "smp"], tmp_path)
     assert (tmp_path / "smp/grid.gif").exists() and "2 videos" in out.stdout
     ev = run("evaluate.py", ["--dataset", "tiny", "--data_dir", tiny_data, "--checkpoint", ck, "--continuation", 4,
                              "--continuation_cfg", 2, "--resolution", 32, "--sequence_length", 8, "--num_videos", 0,
