@@ -98,6 +98,7 @@ class LitLM(L.LightningModule):
                 return self.model.generate(start, new, temperature, top_k, top_p, use_cache=use_cache, allowed=h.n_codes,
                                            generator=g, later_temperature=later_temperature, **kw)
             if first_frame_candidates > 1 and prompt_codes is None:
+                self._scoring_classes()  # before drawing anything
                 k, frame = first_frame_candidates, grid[1] * grid[2]
                 yk = None if y is None else y.repeat_interleave(k, 0)
                 cands = draw(prompt.repeat_interleave(k, 0), frame, yk)  # (n k, 1 + frame): BOS + a first frame
@@ -114,15 +115,19 @@ class LitLM(L.LightningModule):
         logits = self.model(seq[:, :-1], start=0, y=y, **kw)[0].float()
         return logits.log_softmax(-1).gather(-1, seq[:, 1:, None])[..., 0].sum(1)
 
+    def _scoring_classes(self) -> int:
+        nc = int(self.hparams.model_config.get("num_classes") or 0)
+        if not nc:
+            raise ValueError("first_frame_candidates needs a class-conditional model (its labels score the frames)")
+        return nc
+
     @torch.no_grad()
     def pick_first_frames(self, cands: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """cands (n, K, 1 + frame): K drawn first frames per video -> (n, 1 + frame), the one per video that the
         model's implicit classifier (what classifier-free guidance amplifies) scores highest: log p(x | labels) -
         log p(x | no label), with the video's prompt y, or without one, the best single digit (does the frame look
         like any digit to the model). The model scores its own draws: no external classifier is involved."""
-        nc = int(self.hparams.model_config.get("num_classes") or 0)
-        if not nc:
-            raise ValueError("first_frame_candidates needs a class-conditional model (its labels score the frames)")
+        nc = self._scoring_classes()
         n, k, length = cands.shape
         block = getattr(self.model.config, "block_size", None)
         if block is not None and length - 1 > block:
