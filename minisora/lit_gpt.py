@@ -134,7 +134,7 @@ class LitLM(L.LightningModule):
             raise ValueError(f"first_frame_candidates: a first frame of {length - 1} codes does not fit the model's "
                              f"window of {block} tokens")
         flat = cands.reshape(n * k, length)
-        null = self.label_log_likelihood(flat, torch.zeros(n * k, nc, device=flat.device))
+        null = self.label_log_likelihood(flat, None)  # the model's own null label (ClassConditioned.condition)
         if y is not None:
             score = self.label_log_likelihood(flat, y.float().repeat_interleave(k, 0)) - null
         else:
