@@ -54,8 +54,11 @@ def load_folder(folder: Path, n: int | None, frames: int | None) -> np.ndarray:
 
 def sample(module, n: int, a, y: torch.Tensor | None = None, cfg_scale: float = 1.0) -> np.ndarray:
     """n uint8 videos (n, T, H, W, 3) from a generator (minisora.generate); y: (n, classes) multi-hot prompts."""
-    return np.stack([to_uint8_frames(v) for v in generate_videos(module, n, 8, a.seed, a.sampler, a.steps, y=y,
-                                                                 cfg_scale=cfg_scale, **token_sampling(a))])
+    try:
+        videos = generate_videos(module, n, 8, a.seed, a.sampler, a.steps, y=y, cfg_scale=cfg_scale, **token_sampling(a))
+    except ValueError as e:  # sampling settings the checkpoint cannot take (e.g. --ink_temperature on an old one)
+        sys.exit(f"error: {e}")
+    return np.stack([to_uint8_frames(v) for v in videos])
 
 
 def cached(path: Path, build, cls):

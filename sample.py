@@ -75,8 +75,11 @@ def main(argv=None):
     out = Path(a.output_dir) if a.output_dir else Path("runs/sample") / (ck.parent.parent.name if ck.exists() else ck.name)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    videos = generate_videos(module, a.num_videos, a.batch_size, a.seed, sampler, a.steps, y, use_ema=not a.no_ema,
-                             cfg_scale=a.cfg_scale, **token_sampling(a))
+    try:
+        videos = generate_videos(module, a.num_videos, a.batch_size, a.seed, sampler, a.steps, y, use_ema=not a.no_ema,
+                                 cfg_scale=a.cfg_scale, **token_sampling(a))
+    except ValueError as e:  # sampling settings the checkpoint cannot take (e.g. --ink_temperature on an old one)
+        sys.exit(f"error: {e}")
     dt = time.time() - t0
     for i, v in enumerate(videos):
         save_video_grid([v], out / f"{i:03d}.mp4", fps=a.fps, gif=False)
@@ -88,6 +91,9 @@ def main(argv=None):
     later = None if diffusion else h.get("later_temperature") if a.later_temperature is None else a.later_temperature
     if later is not None:
         how += f", temperature {later} after the first latent frame"
+    ink = None if diffusion else h.get("ink_temperature") if a.ink_temperature is None else a.ink_temperature
+    if ink is not None:
+        how += f", digit codes at temperature {ink}"
     print(f"[sample] {a.num_videos} videos ({how}) in {dt:.1f}s "
           f"({dt / a.num_videos:.2f}s per video) -> {out}/000.mp4 ... and grid {grid} + {grid.with_suffix('.gif')}")
 

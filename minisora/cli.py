@@ -154,6 +154,10 @@ def add_lm_args(p: argparse.ArgumentParser) -> None:
     s.add_argument("--later_temperature", type=float, default=None,
                    help="temperature of the codes after the first latent frame (default: --temperature's); stored as "
                         "the checkpoint's sampling default, like --temperature / --top_k")
+    s.add_argument("--ink_temperature", type=float, default=None,
+                   help="temperature of the digit codes only: whether a cell is background keeps the model's odds at "
+                        "--temperature, which digit code is drawn at this one (0: the most likely); stored as the "
+                        "checkpoint's sampling default (README: 'A cooler draw of the digits only')")
     s.add_argument("--prompt_frames", type=int, default=1,
                    help="also continue a real val video from its first N latent frames (0: off)")
     add_loop_args(p)
@@ -170,6 +174,9 @@ def add_token_sampling_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--later_temperature", type=float, default=None,
                    help="temperature of the codes after the first latent frame (default: --temperature's); cooler "
                         "draws clean the shapes but erode the digits (README: 'A cooler draw after the first frame')")
+    t.add_argument("--ink_temperature", type=float, default=None,
+                   help="temperature of the digit codes only (whether a cell is background keeps the model's odds): "
+                        "cleaner digits that keep their ink (README: 'A cooler draw of the digits only')")
     t.add_argument("--first_frame_candidates", type=int, default=1, metavar="K",
                    help="class-conditional token models: draw K first latent frames per video and keep the one the "
                         "model itself reads as most like its prompt's digits (unprompted: like any digit), then draw "
@@ -184,5 +191,7 @@ def training_windows(a) -> dict:
 def token_sampling(a) -> dict:
     if a.first_frame_candidates < 1:
         raise SystemExit(f"error: --first_frame_candidates must be >= 1, got {a.first_frame_candidates}")
+    if a.ink_temperature is not None and a.ink_temperature < 0:
+        raise SystemExit(f"error: --ink_temperature must be >= 0, got {a.ink_temperature}")
     return dict(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, later_temperature=a.later_temperature,
-                first_frame_candidates=a.first_frame_candidates)
+                first_frame_candidates=a.first_frame_candidates, ink_temperature=a.ink_temperature)

@@ -45,7 +45,7 @@ def generate_videos(module, n: int, batch_size: int = 8, seed: int = 0, sampler:
                     y: torch.Tensor | None = None, use_ema: bool = True, cfg_scale: float = 1.0,
                     temperature: float | None = None, top_k: int | None = None,
                     top_p: float | None = None, later_temperature: float | None = None,
-                    first_frame_candidates: int = 1) -> list[torch.Tensor]:
+                    first_frame_candidates: int = 1, ink_temperature: float | None = None) -> list[torch.Tensor]:
     """n videos (3, T, H, W) in [-1, 1] on the CPU, in batches (batch i uses seed + i * batch_size).
 
     Diffusion models use sampler/steps/y/use_ema/cfg_scale. sampler: dpm++ | ddim | ddpm for epsilon models,
@@ -55,7 +55,8 @@ def generate_videos(module, n: int, batch_size: int = 8, seed: int = 0, sampler:
     scale (1: none). Token models take y and cfg_scale too (class-conditional GPTs; guidance on the logits)
     and temperature / top_k / top_p (None: the trained values; top_k 0 and top_p 1 turn them off) /
     later_temperature (past the first latent frame; None: temperature's) / first_frame_candidates (K > 1:
-    each video's first latent frame is the best of K draws by the model's own label reading); batched
+    each video's first latent frame is the best of K draws by the model's own label reading) / ink_temperature
+    (the digit codes' temperature; None: the trained default); batched
     KV-cache decoding: each step is cheap, a batch fills the matmuls."""
     diffusion = is_diffusion(module)
     if y is not None:
@@ -77,7 +78,7 @@ def generate_videos(module, n: int, batch_size: int = 8, seed: int = 0, sampler:
         else:
             codes = module.sample_codes(b, seed=seed + i, temperature=temperature, top_k=top_k, top_p=top_p, y=yb,
                                         cfg_scale=cfg_scale, later_temperature=later_temperature,
-                                        first_frame_candidates=first_frame_candidates)
+                                        first_frame_candidates=first_frame_candidates, ink_temperature=ink_temperature)
             videos.extend(module.vae.decode_codes(codes).cpu())
     return videos
 
@@ -86,7 +87,8 @@ def generate_videos(module, n: int, batch_size: int = 8, seed: int = 0, sampler:
 def continue_videos(module, real: torch.Tensor, given: int, batch_size: int = 8, seed: int = 0,
                     temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
                     y: torch.Tensor | None = None, cfg_scale: float = 1.0,
-                    later_temperature: float | None = None, first_frame_candidates: int = 1) -> torch.Tensor:
+                    later_temperature: float | None = None, first_frame_candidates: int = 1,
+                    ink_temperature: float | None = None) -> torch.Tensor:
     """Continuations of real videos (N, 3, T, H, W) in [-1, 1] by a next-token model: only the first `given`
     frames (a multiple of the VAE's temporal stride) are encoded -- nothing of the future leaks through a
     non-causal encoder -- and the model generates the rest of the code grid. Returns (N, 3, T, H, W) on the
@@ -112,7 +114,7 @@ def continue_videos(module, real: torch.Tensor, given: int, batch_size: int = 8,
         codes = vae.encode_codes(hold_last_frame(x, given, 2))[:, :given // stride]
         kw = {} if y is None else dict(y=y[i:i + batch_size].float(), cfg_scale=cfg_scale)
         full = module.sample_codes(len(x), codes, seed=seed + i, temperature=temperature, top_k=top_k, top_p=top_p,
-                                   later_temperature=later_temperature, **kw)
+                                   later_temperature=later_temperature, ink_temperature=ink_temperature, **kw)
         video = vae.decode_codes(full.to(vae.device)).float().clamp(-1, 1)
         out.append(torch.cat([x[:, :, :given], video[:, :, given:]], 2).cpu())
     return torch.cat(out)

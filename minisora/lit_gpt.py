@@ -16,6 +16,27 @@ from minisora.video_io import save_video_grid
 from models import build_model
 
 
+@torch.no_grad()
+def background_codes(tokens, vae, n_codes: int, clips: int = 32, level: int = 40, share: float = 0.9) -> list[int]:
+    """Codes that decode to empty cells: decode the first `clips` code grids of `tokens` (N, t, h, w) with `vae`
+    (a VAEHandle) and keep the codes whose cells (the stride block of pixels each code decodes to) stay below
+    `level` of 255 in every channel in at least `share` of their occurrences (the background code and the dark
+    halo codes around digits). What sample_logits' ink_temperature leaves at the model's own odds."""
+    import numpy as np
+
+    codes = torch.from_numpy(np.asarray(tokens[:clips]).astype(np.int64))
+    ts, ss = vae.temporal_stride, vae.spatial_stride
+    dark, seen = torch.zeros(n_codes), torch.zeros(n_codes)
+    for i in range(0, len(codes), 8):
+        c = codes[i:i + 8]
+        video = vae.decode_codes(c.to(vae.device)).float().cpu()  # (b, 3, T, H, W) in [-1, 1]
+        peak = ((video.amax(1) + 1) * 127.5).unflatten(1, (-1, ts)).unflatten(3, (-1, ss)).unflatten(5, (-1, ss))
+        peak = peak.amax((2, 4, 6))  # (b, t, h, w): the brightest pixel of each code's cell
+        seen.index_add_(0, c.flatten(), torch.ones(c.numel()))
+        dark.index_add_(0, c.flatten(), (peak < level).flatten().float())
+    return [int(k) for k in torch.nonzero((seen > 0) & (dark >= share * seen)).flatten()]
+
+
 class LitLM(L.LightningModule):
     checkpoints = dict(filename="best", monitor="val/loss", mode="min", save_top_k=1)  # kept: the best val/loss
 
@@ -23,7 +44,8 @@ class LitLM(L.LightningModule):
                  learning_rate: float = 5e-4, min_lr: float = 1e-4, warmup_iters: int = 100, lr_decay_iters: int = 5000,
                  beta2: float = 0.99, weight_decay: float = 0.1, sample_dir: str | None = None,
                  temperature: float = 1.0, top_k: int | None = 100, top_p: float | None = None, num_samples: int = 1,
-                 prompt_frames: int = 0, later_temperature: float | None = None):
+                 prompt_frames: int = 0, later_temperature: float | None = None, ink_temperature: float | None = None,
+                 background_codes: list[int] | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.model = build_model(kind, model_config)
@@ -38,7 +60,8 @@ class LitLM(L.LightningModule):
 
         module = cls(kind, model_config, n_codes, list(array.shape[1:]), vae.reference, a.lr, a.min_lr, a.warmup_steps,
                      a.lr_decay_iters, a.beta2, a.weight_decay, sample_dir, a.temperature, a.top_k, a.top_p,
-                     a.num_samples, a.prompt_frames, a.later_temperature)
+                     a.num_samples, a.prompt_frames, a.later_temperature, a.ink_temperature,
+                     background_codes(array, vae, n_codes))
         module.vae = vae
         first = prompt_rows[0] if prompt_rows else 0
         module.prompts = torch.from_numpy(np.asarray(array[first:first + 1]).astype(np.int64))
@@ -70,18 +93,21 @@ class LitLM(L.LightningModule):
     def sample_codes(self, n: int, prompt_codes: torch.Tensor | None = None, seed: int = 0, use_cache: bool = True,
                      temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
                      y: torch.Tensor | None = None, cfg_scale: float = 1.0,
-                     later_temperature: float | None = None, first_frame_candidates: int = 1) -> torch.Tensor:
+                     later_temperature: float | None = None, first_frame_candidates: int = 1,
+                     ink_temperature: float | None = None) -> torch.Tensor:
         """Generate whole code grids (n, t, h, w). prompt_codes (n, t0, h, w): continue real first frames.
         temperature / top_k / top_p: None = the values the model was trained with (its hparams); top_k 0 and
         top_p 1 turn them off, temperature 0 is greedy. y (n, num_classes): label prompts (class-conditional
         GPT; None: the null label), cfg_scale: classifier-free guidance on the logits; later_temperature: the
         temperature of the codes after the first latent frame (None: `temperature`); first_frame_candidates K > 1
         (class-conditional models, when the first frame is drawn, not given): draw K first latent frames per video
-        and keep the one the model itself reads as most digit-like (`pick_first_frames`), then draw the rest."""
+        and keep the one the model itself reads as most digit-like (`pick_first_frames`), then draw the rest;
+        ink_temperature: the temperature of the digit codes only (None: the trained default; see `ink`)."""
         h = self.hparams
         temperature = h.temperature if temperature is None else temperature
         if later_temperature is None:  # the trained default (checkpoints from before the flag: one temperature)
             later_temperature = h.get("later_temperature")
+        ink = self.ink(ink_temperature)
         top_k = h.top_k if top_k is None else (top_k or None)
         top_p = h.top_p if top_p is None else (top_p if top_p < 1 else None)
         grid = tuple(h.grid)
@@ -96,7 +122,7 @@ class LitLM(L.LightningModule):
             def draw(start, new, labels):
                 kw = dict(y=labels, cfg_scale=cfg_scale) if labels is not None else {}
                 return self.model.generate(start, new, temperature, top_k, top_p, use_cache=use_cache, allowed=h.n_codes,
-                                           generator=g, later_temperature=later_temperature, **kw)
+                                           generator=g, later_temperature=later_temperature, **ink, **kw)
             if first_frame_candidates > 1 and prompt_codes is None:
                 self._scoring_classes()  # before drawing anything
                 k, frame = first_frame_candidates, grid[1] * grid[2]
@@ -106,6 +132,22 @@ class LitLM(L.LightningModule):
             seq = draw(prompt, total - prompt.shape[1], y)
         self.model.train(was)
         return seq[:, 1:].reshape(n, *grid)
+
+    def ink(self, ink_temperature: float | None) -> dict:
+        """generate() keywords of the digit-code temperature (None: the trained default): the temperature and the
+        background-code mask it needs (recorded when the model was trained: `background_codes`)."""
+        h = self.hparams
+        t = h.get("ink_temperature") if ink_temperature is None else ink_temperature
+        if t is None:
+            return {}
+        if t < 0:
+            raise ValueError(f"ink_temperature must be >= 0, got {t}")
+        if h.get("background_codes") is None:
+            raise ValueError("--ink_temperature needs the checkpoint's background codes, which token models record "
+                             "when they are trained (this checkpoint is older): retrain it, or sample without the flag")
+        mask = torch.zeros(h.n_codes + 1, dtype=torch.bool, device=self.device)
+        mask[torch.as_tensor(h.background_codes, dtype=torch.long, device=self.device)] = True
+        return dict(ink_temperature=t, background=mask)
 
     @torch.no_grad()
     def label_log_likelihood(self, seq: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:

@@ -247,7 +247,8 @@ class GPT(ClassConditioned, nn.Module):
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, use_cache: bool = True, allowed: int | None = None,
                  generator: torch.Generator | None = None, y: torch.Tensor | None = None,
-                 cfg_scale: float = 1.0, later_temperature: float | None = None) -> torch.Tensor:
+                 cfg_scale: float = 1.0, later_temperature: float | None = None, ink_temperature: float | None = None,
+                 background: torch.Tensor | None = None) -> torch.Tensor:
         """Continue `prompt` (B, L0), whose first token is sequence position 0 (BOS). Each prediction reads a
         training-like window of at most block_size tokens (re-anchored to its last half when full); with
         use_cache its keys are cached (amortised constant cost per token), without it every step recomputes
@@ -257,7 +258,8 @@ class GPT(ClassConditioned, nn.Module):
         later_temperature: the temperature of codes after the first latent frame (None: `temperature`). Once a
         frame is drawn, the next ones are nearly determined by it (constant motion), so the spread of the model's
         next-frame distribution is mostly its own error; a cooler draw of it keeps shapes cleaner but drops a
-        digit's least likely edge cells frame after frame (measured: the digits erode, README)."""
+        digit's least likely edge cells frame after frame (measured: the digits erode, README).
+        ink_temperature / background: the temperature of the digit codes only (sample_logits)."""
         def temp(length):
             return step_temperature(length, self.config.grid, temperature, later_temperature)
         guide = y is not None and self.y_embed is not None and cfg_scale != 1.0
@@ -277,7 +279,7 @@ class GPT(ClassConditioned, nn.Module):
             for _ in range(max_new_tokens):
                 pos = torch.tensor(context_positions(seq.shape[1], bs, stride, self.config.context_dense), device=seq.device)
                 logits = next_logits(seq[:, pos], pos.expand(len(seq), -1))
-                seq = torch.cat([seq, sample_logits(logits, temp(seq.shape[1]), top_k, top_p, allowed, generator)], 1)
+                seq = torch.cat([seq, sample_logits(logits, temp(seq.shape[1]), top_k, top_p, allowed, generator, ink_temperature, background)], 1)
             return seq
         # Dense context: every prediction reads a window [anchor, now) of at most block_size tokens whose keys
         # were all computed inside that same window -- exactly a training window. When the window is full it
@@ -294,7 +296,7 @@ class GPT(ClassConditioned, nn.Module):
 
         logits = window()
         for _ in range(max_new_tokens):
-            nxt = sample_logits(logits, temp(seq.shape[1]), top_k, top_p, allowed, generator)
+            nxt = sample_logits(logits, temp(seq.shape[1]), top_k, top_p, allowed, generator, ink_temperature, background)
             seq = torch.cat([seq, nxt], 1)
             if seq.shape[1] - prompt.shape[1] >= max_new_tokens:
                 break
@@ -324,8 +326,15 @@ def step_temperature(length: int, grid, temperature: float, later_temperature: f
 
 
 def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                  allowed: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """(B, V) logits -> (B, 1) sampled tokens. temperature 0 = greedy."""
+                  allowed: int | None = None, generator: torch.Generator | None = None,
+                  ink_temperature: float | None = None, background: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, V) logits -> (B, 1) sampled tokens. temperature 0 = greedy.
+
+    ink_temperature (with `background`, a (V,) bool mask of the codes that decode to empty cells): whether the
+    token is a background code is drawn with the plain distribution's odds (so a digit keeps the ink the model
+    gives it), which background code likewise, and which digit code at ink_temperature (0: the most likely one)
+    among the codes top-k / top-p kept. A cooler draw of the whole distribution instead hands the uncertain edge
+    cells of a digit to the background code, frame after frame (the digits erode; README)."""
     if allowed is not None:
         logits = logits.clone()
         logits[:, allowed:] = -float("inf")
@@ -341,4 +350,17 @@ def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
         drop = cum - srt.softmax(-1) > top_p  # keep the smallest set whose mass reaches top_p
         srt = srt.masked_fill(drop, -float("inf"))
         logits = torch.full_like(logits, -float("inf")).scatter(1, order, srt)
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator)
+    probs = logits.softmax(-1)
+    if ink_temperature is not None and ink_temperature != temperature:
+        if background is None:
+            raise ValueError("ink_temperature needs the background codes (a (V,) bool mask)")
+        bg = background.to(logits.device)[: logits.shape[-1]]
+        ink = logits.masked_fill(bg, -float("inf"))  # digit codes only (those top-k / top-p kept)
+        if ink_temperature == 0:
+            ink_p = F.one_hot(ink.argmax(-1), logits.shape[-1]).to(probs.dtype)
+        else:
+            ink_p = (ink * (temperature / ink_temperature)).softmax(-1)
+        ink_mass = probs.masked_fill(bg, 0).sum(-1, keepdim=True)
+        ink_p = torch.where(torch.isfinite(ink).any(-1, keepdim=True), ink_p, 0)  # no digit code left: mass 0 anyway
+        probs = probs.masked_fill(~bg, 0) + ink_mass * ink_p
+    return torch.multinomial(probs, 1, generator=generator)

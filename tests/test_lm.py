@@ -296,6 +296,68 @@ def test_sampling_filters():
     assert sample_logits(logits, 0).tolist() == [[1]] and sample_logits(logits, 0, allowed=1).tolist() == [[0]]
 
 
+def test_ink_temperature_keeps_the_background_odds():
+    """ink_temperature with background codes {0, 2}: background is drawn as often as the plain distribution draws
+    it (each background code at its own share), the digit codes at softmax(logits / ink_temperature) over what is
+    left; 0 draws the most likely digit code; a top-k that keeps only background codes draws only those."""
+    logits = torch.tensor([[2.0, 0.5, 1.5, 1.0, 0.0, 0.8]])
+    bg = torch.tensor([True, False, True, False, False, False])
+    n = 6000
+
+    def freq(**kw):
+        out = sample_logits(logits.expand(n, -1), generator=torch.Generator().manual_seed(0), background=bg, **kw)
+        return torch.bincount(out.flatten(), minlength=6).float() / n
+
+    plain = logits[0].softmax(-1)
+    for t in (0.25, 2.0):
+        want = plain.clone()
+        want[~bg] = plain[~bg].sum() * (logits[0, ~bg] / t).softmax(-1)
+        got = freq(ink_temperature=t)
+        assert (got - want).abs().max() < 0.02, (t, got, want)
+        assert abs(got[bg].sum() - plain[bg].sum()) < 0.02  # the background keeps its odds: digits keep their ink
+    greedy = freq(ink_temperature=0.0)
+    assert greedy[[1, 4, 5]].sum() == 0 and abs(greedy[3] - plain[~bg].sum()) < 0.02  # token 3: the likeliest digit code
+    assert set(torch.nonzero(freq(ink_temperature=0.5, top_k=2)).flatten().tolist()) == {0, 2}
+    with pytest.raises(ValueError, match="background"):
+        sample_logits(logits, ink_temperature=0.5)
+
+
+def test_background_codes_are_the_codes_that_decode_dark():
+    """background_codes decodes token grids and keeps the codes whose whole stride cell stays dark in >= 90% of
+    their occurrences: code 0 (always dark), not code 1 (bright), not code 2 (dark next to a bright neighbour
+    whose light spills into its cell), not code 3 (never seen)."""
+    from types import SimpleNamespace
+
+    from minisora.lit_gpt import background_codes
+
+    def decode_codes(codes):  # (b, t, h, w) -> (b, 3, t, 2h, 2w): code 1 lights its cell and the one to its right
+        lit = (codes == 1).float()
+        lit = torch.maximum(lit, F.pad(lit, (1, 0))[..., :-1])
+        return (lit * 2 - 1).repeat_interleave(2, -1).repeat_interleave(2, -2)[:, None].expand(-1, 3, -1, -1, -1)
+
+    vae = SimpleNamespace(temporal_stride=1, spatial_stride=2, device="cpu", decode_codes=decode_codes)
+    tokens = np.zeros((3, 2, 4, 4), dtype=np.int64)
+    tokens[:, :, 1, 1], tokens[:, :, 1, 2] = 1, 2  # code 2 always sits right of a code 1
+    assert background_codes(tokens, vae, 4) == [0]
+
+
+def test_ink_temperature_uses_the_checkpoints_background_codes():
+    """A token model trained with background codes samples with ink_temperature (0: its digit cells take the
+    most likely digit code); one without them (older checkpoints) says so instead of sampling."""
+    from minisora.lit_gpt import LitLM
+
+    cfg = GPTConfig(vocab_size=33, grid=(2, 2, 4), block_size=16, n_layer=1, n_head=2, n_embd=32, dropout=0.0)
+    with pytest.raises(ValueError, match="background codes"):
+        LitLM("gpt", cfg.to_dict(), 32, [2, 2, 4], "none").sample_codes(1, ink_temperature=0.5)
+    module = LitLM("gpt", cfg.to_dict(), 32, [2, 2, 4], "none", background_codes=list(range(16)))
+    codes = module.sample_codes(64, ink_temperature=0.0, top_k=0).flatten(1)
+    seq = torch.cat([torch.full((64, 1), 32), codes], 1)
+    logits = module.model(seq[:, :-1])[0][..., :32]
+    likeliest_digit = logits[..., 16:].argmax(-1) + 16
+    digit = codes >= 16
+    assert 0.2 < digit.float().mean() < 0.8 and torch.equal(codes[digit], likeliest_digit[digit])
+
+
 @pytest.mark.parametrize("kind", ["gpt", "mamba"])
 def test_later_temperature_applies_past_the_first_latent_frame(kind):
     """later_temperature 0: every code after the first latent frame (16 codes of a (2, 4, 4) grid) is the argmax
@@ -515,12 +577,15 @@ def test_class_conditional_gpt_script_and_prompted_sampling(tiny_stage_files, ti
     run("train_latent_nanogpt.py", ["--tokens_input_file", tiny_stage_files["tokens"], *TINY_LM, "--block_size", "64",
                                     "--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--class_conditional",
                                     "--code_embeddings", "--prev_frames", "1", "--first_frame_windows", "0.5",
-                                    "--input_noise", "0.1", "--later_temperature", "0.5", "--output_dir", tmp_path,
+                                    "--input_noise", "0.1", "--later_temperature", "0.5", "--ink_temperature", "0.5",
+                                    "--output_dir", tmp_path,
                                     "--run_name", "c"], tmp_path)
     ck = tmp_path / "train_latent_nanogpt/c/checkpoints/last.ckpt"
     state = torch.load(ck, weights_only=True)
     assert state["minisora"]["config"]["num_classes"] == 10 and state["minisora"]["config"]["prev_frames"] == 1
-    assert state["hyper_parameters"]["later_temperature"] == 0.5  # the sampling default it carries
+    hp = state["hyper_parameters"]
+    assert hp["later_temperature"] == 0.5 and hp["ink_temperature"] == 0.5  # the sampling defaults it carries
+    assert isinstance(hp["background_codes"], list) and all(0 <= c < hp["n_codes"] for c in hp["background_codes"])
     vectors = state["state_dict"]["model.code_vectors"]  # the tokenizer's codebook, standardised; BOS row zero
     assert state["minisora"]["config"]["code_dim"] == vectors.shape[1] and vectors[-1].abs().sum() == 0
     assert torch.allclose(vectors[:-1].std(0), torch.ones(vectors.shape[1]), atol=1e-3)
