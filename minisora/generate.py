@@ -23,7 +23,11 @@ def load_generator(ref: str, device: str = "cpu", vae: str | None = None):
                               ema_decay=meta.get("ema_decay", 0.9999))
     elif kind in TOKEN_MODELS:
         from minisora.lit_gpt import LitLM
-        module = LitLM(kind, meta["config"], meta["n_codes"], meta["grid"], vae or meta["vae"])
+        # the sampling defaults it was trained with (--temperature, --top_k, ..., --ink_temperature and the background
+        # codes that needs); LitLM's own defaults for checkpoints that lack one
+        hp = ckpt.get("hyper_parameters") or {}
+        module = LitLM(kind, meta["config"], meta["n_codes"], meta["grid"], vae or meta["vae"],
+                       **{k: hp[k] for k in LitLM.SAMPLING_DEFAULTS if k in hp})
     else:
         raise ValueError(f"{ref} is a {kind!r} checkpoint, not a video generator ({', '.join(DIFFUSION + TOKEN_MODELS)})")
     module.load_state_dict(ckpt["state_dict"])

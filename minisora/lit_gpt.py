@@ -17,7 +17,7 @@ from models import build_model
 
 
 @torch.no_grad()
-def background_codes(tokens, vae, n_codes: int, clips: int = 32, level: int = 40, share: float = 0.9) -> list[int]:
+def background_codes(tokens, vae, n_codes: int, clips: int = 16, level: int = 40, share: float = 0.9) -> list[int]:
     """Codes that decode to empty cells: decode the first `clips` code grids of `tokens` (N, t, h, w) with `vae`
     (a VAEHandle) and keep the codes whose cells (the stride block of pixels each code decodes to) stay below
     `level` of 255 in every channel in at least `share` of their occurrences (the background code and the dark
@@ -39,6 +39,8 @@ def background_codes(tokens, vae, n_codes: int, clips: int = 32, level: int = 40
 
 class LitLM(L.LightningModule):
     checkpoints = dict(filename="best", monitor="val/loss", mode="min", save_top_k=1)  # kept: the best val/loss
+    # hyperparameters a checkpoint hands to sampling (minisora.generate.load_generator)
+    SAMPLING_DEFAULTS = ("temperature", "top_k", "top_p", "later_temperature", "ink_temperature", "background_codes")
 
     def __init__(self, kind: str, model_config: dict, n_codes: int, grid: list, vae_reference: str,
                  learning_rate: float = 5e-4, min_lr: float = 1e-4, warmup_iters: int = 100, lr_decay_iters: int = 5000,

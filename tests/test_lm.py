@@ -586,6 +586,10 @@ def test_class_conditional_gpt_script_and_prompted_sampling(tiny_stage_files, ti
     hp = state["hyper_parameters"]
     assert hp["later_temperature"] == 0.5 and hp["ink_temperature"] == 0.5  # the sampling defaults it carries
     assert isinstance(hp["background_codes"], list) and all(0 <= c < hp["n_codes"] for c in hp["background_codes"])
+    from minisora.generate import load_generator
+    loaded = load_generator(str(ck)).hparams  # what sample.py / evaluate.py sample with by default
+    assert loaded.later_temperature == 0.5 and loaded.ink_temperature == 0.5
+    assert loaded.background_codes == hp["background_codes"] and loaded.top_k == hp["top_k"]
     vectors = state["state_dict"]["model.code_vectors"]  # the tokenizer's codebook, standardised; BOS row zero
     assert state["minisora"]["config"]["code_dim"] == vectors.shape[1] and vectors[-1].abs().sum() == 0
     assert torch.allclose(vectors[:-1].std(0), torch.ones(vectors.shape[1]), atol=1e-3)
