@@ -67,7 +67,7 @@ VAE_RECIPE = ["--network_variant", "vae_s4t4_m", "--embedding_dim", 8, "--chroma
 DIT_RECIPE = ["--objective", "rf", "--class_conditional", "--depth", 6, "--hidden_size", 192, "--num_heads", 6,
               "--patch_size", "1,2,2", "--batch_size", 8, "--lr", 5e-4, "--warmup_steps", 100, "--ema_decay", 0.999]
 CFG_SCALE, SAMPLER, STEPS = 3.0, "euler", 25
-GPT_RECIPE = ["--prev_frames", 2, "--same_frame", "--first_frame_windows", 0.3, "--ink_temperature", 0.5]
+GPT_RECIPE = ["--prev_frames", 2, "--same_frame", "--first_frame_windows", 0.3, "--ink_temperature", 0.3]
 # The GPT trains for a time budget; its cosine learning-rate decay is sized to span that budget at the step rate
 # of 2 AMX cores (~100 steps a minute for the 4 x 256 GPT): ended at 2,000 of 3,893 steps it left the second half
 # at the floor and the run 0.025 nats per token worse (README, "A learning-rate decay that spans the run").
@@ -161,7 +161,7 @@ def main(argv=None):
         # (README, section 5 and the GPT tables: val loss 0.55 against 0.71, continuations keep 24-27% of digits, not 5%);
         # 30% of windows start a clip cut at a random frame: the first frame, drawn from nothing, gets more practice
         # (README "Windows that start where sampling starts": legible per frame 0.29 against 0.23, class kept 27% vs 22%);
-        # --ink_temperature 0.5: its samples draw digit codes cooler, background at the model's odds (README "A cooler
+        # --ink_temperature 0.3: its samples draw digit codes cooler, background at the model's odds (README "A cooler
         # draw of the digits only")
         run("+ GPT", ["train_latent_nanogpt.py", "--tokens_input_file", tokens, "--block_size", 512, "--n_layer", 4,
                       "--n_head", 4, "--n_embd", 256, "--dropout", 0.0, "--batch_size", 16, "--learning_rate", 1e-3,
