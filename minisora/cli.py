@@ -154,7 +154,7 @@ def add_lm_args(p: argparse.ArgumentParser) -> None:
     s.add_argument("--later_temperature", type=float, default=None,
                    help="temperature of the codes after the first latent frame (default: --temperature's); stored as "
                         "the checkpoint's sampling default, like --temperature / --top_k")
-    s.add_argument("--ink_temperature", type=float, default=None,
+    s.add_argument("--ink_temperature", type=nonnegative_float, default=None,
                    help="temperature of the digit codes only: whether a cell is background keeps the model's odds at "
                         "--temperature, which digit code is drawn at this one (0: the most likely); stored as the "
                         "checkpoint's sampling default (README: 'A cooler draw of the digits only')")
@@ -163,6 +163,14 @@ def add_lm_args(p: argparse.ArgumentParser) -> None:
     add_loop_args(p)
     p.set_defaults(batch_size=32, lr=5e-4, warmup_steps=100, max_steps=50000, log_every=10, ckpt_every=0,
                    sample_every=2000, num_samples=1)
+
+
+def nonnegative_float(text: str) -> float:
+    """argparse type of temperatures that must be >= 0 (0: the most likely token)."""
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
 
 
 def add_token_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -174,7 +182,7 @@ def add_token_sampling_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--later_temperature", type=float, default=None,
                    help="temperature of the codes after the first latent frame (default: --temperature's); cooler "
                         "draws clean the shapes but erode the digits (README: 'A cooler draw after the first frame')")
-    t.add_argument("--ink_temperature", type=float, default=None,
+    t.add_argument("--ink_temperature", type=nonnegative_float, default=None,
                    help="temperature of the digit codes only (whether a cell is background keeps the model's odds): "
                         "cleaner digits that keep their ink (README: 'A cooler draw of the digits only')")
     t.add_argument("--first_frame_candidates", type=int, default=1, metavar="K",
@@ -191,7 +199,5 @@ def training_windows(a) -> dict:
 def token_sampling(a) -> dict:
     if a.first_frame_candidates < 1:
         raise SystemExit(f"error: --first_frame_candidates must be >= 1, got {a.first_frame_candidates}")
-    if a.ink_temperature is not None and a.ink_temperature < 0:
-        raise SystemExit(f"error: --ink_temperature must be >= 0, got {a.ink_temperature}")
     return dict(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, later_temperature=a.later_temperature,
                 first_frame_candidates=a.first_frame_candidates, ink_temperature=a.ink_temperature)

@@ -341,6 +341,22 @@ def test_background_codes_are_the_codes_that_decode_dark():
     assert background_codes(tokens, vae, 4) == [0]
 
 
+def test_ink_temperature_flags_refuse_negative_values(capsys):
+    """Both --ink_temperature flags (training default, sampling) stop at parse time on a negative value; 0 is the
+    most likely digit code."""
+    import argparse
+
+    from minisora.cli import add_lm_args, add_token_sampling_args
+
+    for add in (add_lm_args, add_token_sampling_args):
+        p = argparse.ArgumentParser(allow_abbrev=False)
+        add(p)
+        assert p.parse_args(["--ink_temperature", "0"]).ink_temperature == 0.0
+        with pytest.raises(SystemExit):
+            p.parse_args(["--ink_temperature", "-0.5"])
+        assert "must be >= 0, got -0.5" in capsys.readouterr().err
+
+
 def test_ink_temperature_uses_the_checkpoints_background_codes():
     """A token model trained with background codes samples with ink_temperature (0: its digit cells take the
     most likely digit code); one without them (older checkpoints) says so instead of sampling."""
