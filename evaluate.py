@@ -33,13 +33,14 @@ import torch
 from minisora.cli import add_bad_video_arg, add_token_sampling_args, token_sampling
 from minisora.data import VideoDataset, hold_last_frame, load_labels, to_model_range
 from minisora.evaluation import (FMD, DigitCNN, FeatureNet, colour_error, continuation_metrics, given_classes,
-                                 fd_with_ci, i3d_features, prompt_accuracy, to_float, train_digit_classifier,
+                                 fd_with_ci, i3d_features, prompt_scores, to_float, train_digit_classifier,
                                  train_feature_net, video_metrics)
 from minisora.generate import continue_videos, generate_videos, load_generator, label_prompts, num_classes
 from minisora.video_io import list_videos, read_video, save_video_grid, to_uint8_frames
 
 COLUMNS = ["videos", "FMD", "legibility", "legible_per_frame", "digits_per_frame", "mean_speed_px", "motion_residual_px",
-           "identity_switch_rate", "chroma", "ink_kept", "hue_consistency", "hue_spread", "prompt_accuracy", "colour_error", "FVD",
+           "identity_switch_rate", "chroma", "ink_kept", "hue_consistency", "hue_spread", "prompt_accuracy", "prompt_missed",
+           "prompt_unprompted", "colour_error", "FVD",
            "PSNR", "SSIM"]
 
 
@@ -162,9 +163,9 @@ def main(argv=None):
             y = label_prompts(val_labels, num_classes(module), device)
             print(f"[evaluate] sampling {n_val} videos prompted with the val videos' digits (cfg scale {a.cfg_scale})")
             sets["generated (prompted)"] = sample(module, n_val, a, y=y, cfg_scale=a.cfg_scale)
-            extra["generated (prompted)"] = {"prompt_accuracy": prompt_accuracy(sets["generated (prompted)"], val_labels, clf)}
+            extra["generated (prompted)"] = prompt_scores(sets["generated (prompted)"], val_labels, clf)
     if val_labels is not None:  # what the classifier reads in real videos: the ceiling of prompt accuracy
-        extra["real (val)"] = {"prompt_accuracy": prompt_accuracy(real_val, val_labels, clf)}
+        extra["real (val)"] = prompt_scores(real_val, val_labels, clf)
     if a.vae:
         from minisora.metrics import psnr, ssim
         from minisora.resolve import load_vae

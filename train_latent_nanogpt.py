@@ -51,18 +51,24 @@ def main(argv=None):
     m.add_argument("--same_frame", action="store_true",
                    help="with --prev_frames: also the cells already generated around it in its own frame (the cells "
                         "above and to its left within --prev_radius)")
+    m.add_argument("--label_modulation", action="store_true",
+                   help="with --class_conditional: every block's layer norms are also scaled and shifted by the label "
+                        "embedding (adaLN, as VAR / DiT condition), not only the input tokens (README, measured numbers)")
     m.add_argument("--mamba", action="store_true",
                    help="train a Mamba instead: runs train_latent_mamba.py with the other flags (see its --help)")
     add_lm_args(p)
     add_run_args(p, project="flying_mnist")
     a = p.parse_args(argv)
+    if a.label_modulation and not a.class_conditional:
+        p.error("--label_modulation conditions on labels: it needs --class_conditional")
     try:
         arr, meta, vae = load_stage_and_vae(a.tokens_input_file, "tokens", a.vae, SCRIPT)
         n_codes = meta.get("n_codes") or vae.n_codes
         cfg = dict(vocab_size=n_codes + 1, grid=list(arr.shape[1:]), block_size=a.block_size, n_layer=a.n_layer,
                    n_head=a.n_head, n_embd=a.n_embd, dropout=a.dropout,
                    num_classes=NUM_DIGITS if a.class_conditional else 0, pos_emb=a.pos_emb,
-                   prev_frames=a.prev_frames, prev_radius=a.prev_radius, same_frame=a.same_frame)
+                   prev_frames=a.prev_frames, prev_radius=a.prev_radius, same_frame=a.same_frame,
+                   label_modulation=a.label_modulation)
         codebook = None
         if a.code_embeddings:  # (n_codes, E): every code's vector in the tokenizer's latent space
             codebook = vae.module.quantizer.codebook.float().cpu()  # VQ: the EMA codebook; FSQ: its level grid

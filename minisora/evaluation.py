@@ -487,7 +487,18 @@ def track_classes(frames: np.ndarray, classifier: DigitCNN, conf: float = 0.9, m
 
 def prompt_accuracy(videos: np.ndarray, prompts, classifier: DigitCNN, conf: float = 0.9) -> float:
     """Fraction of the videos whose legible digits (`track_classes`) are exactly the prompted set of labels."""
-    return float(np.mean([track_classes(v, classifier, conf) == set(map(int, p)) for v, p in zip(videos, prompts)]))
+    return prompt_scores(videos, prompts, classifier, conf)["prompt_accuracy"]
+
+
+def prompt_scores(videos: np.ndarray, prompts, classifier: DigitCNN, conf: float = 0.9) -> dict:
+    """prompt_accuracy (the legible digits are exactly the prompted set) and why a video misses it, as fractions of
+    the videos (not exclusive): prompt_missed, a prompted digit is not read legibly (drawn illegibly or not at all);
+    prompt_unprompted, a digit that was not prompted is read (a wrong digit drawn, or a fragment read as one)."""
+    read = [track_classes(v, classifier, conf) for v in videos]
+    want = [set(map(int, p)) for p in prompts]
+    return {"prompt_accuracy": float(np.mean([r == w for r, w in zip(read, want)])),
+            "prompt_missed": float(np.mean([bool(w - r) for r, w in zip(read, want)])),
+            "prompt_unprompted": float(np.mean([bool(r - w) for r, w in zip(read, want)]))}
 
 
 def given_classes(video: np.ndarray, given: int, classifier: DigitCNN, conf: float = 0.9) -> set[int]:

@@ -35,6 +35,8 @@ class GPTConfig:
     context_dense: int = 32          # with context_stride > 1: the last tokens kept densely
     num_classes: int = 0             # > 0: conditioned on a multi-hot label set (the digits present), CFG dropout
     class_dropout: float = 0.1       # training: whole-prompt dropout to the null label (classifier-free guidance)
+    label_modulation: bool = False   # with num_classes: every block's layer norms are also scaled and shifted by the
+                                     # label embedding (adaLN, as VAR and DiT condition), not only the input tokens
     code_dim: int = 0                # > 0: each code's embedding also gets a learned projection of its codebook
                                      # vector (set_code_vectors), so codes that decode alike start out alike
     prev_frames: int = 0             # > 0: each token's input also reads the codes around its grid cell in the
@@ -111,10 +113,18 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(c.n_embd, bias=c.bias)
         self.mlp = nn.Sequential(nn.Linear(c.n_embd, 4 * c.n_embd, bias=c.bias), nn.GELU(),
                                  nn.Linear(4 * c.n_embd, c.n_embd, bias=c.bias), nn.Dropout(c.dropout))
+        # label modulation: (scale, shift) of both layer norms from the label embedding; zero-initialised (GPT._init
+        # skips it), so training starts from the plain block
+        self.modulation = nn.Linear(c.n_embd, 4 * c.n_embd) if c.num_classes and c.label_modulation else None
 
-    def forward(self, x, cache=None):
-        x = x + self.attn(self.ln1(x), cache)
-        return x + self.mlp(self.ln2(x))
+    def forward(self, x, cache=None, label=None):
+        """x (B, L, D); label (B, D): the label embedding (used when the block modulates its norms)."""
+        if self.modulation is None:
+            x = x + self.attn(self.ln1(x), cache)
+            return x + self.mlp(self.ln2(x))
+        s1, b1, s2, b2 = self.modulation(F.silu(label))[:, None].chunk(4, -1)
+        x = x + self.attn(self.ln1(x) * (1 + s1) + b1, cache)
+        return x + self.mlp(self.ln2(x) * (1 + s2) + b2)
 
 
 class NeighbourCodes(nn.Module):
@@ -186,6 +196,10 @@ class GPT(ClassConditioned, nn.Module):
             self.register_buffer("code_vectors", torch.zeros(c.vocab_size, c.code_dim))
             self.code_proj = nn.Linear(c.code_dim, c.n_embd, bias=False)
         self.apply(self._init)
+        for blk in self.blocks:
+            if blk.modulation is not None:
+                nn.init.zeros_(blk.modulation.weight)
+                nn.init.zeros_(blk.modulation.bias)
         for name, p in self.named_parameters():
             if name.endswith(("attn.proj.weight", "mlp.2.weight")):
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * c.n_layer))
@@ -234,11 +248,13 @@ class GPT(ClassConditioned, nn.Module):
             if history is None:
                 raise ValueError("a GPT with prev_frames > 0 needs history= (the sequence before its window)")
             x = x + self.neighbours(history, pos)
+        label = None
         if self.y_embed is not None:
-            x = x + self.condition(x.new_zeros(len(idx), x.shape[-1]), y)[:, None]
+            label = self.condition(x.new_zeros(len(idx), x.shape[-1]), y)
+            x = x + label[:, None]
         x = self.drop(x)
         for i, blk in enumerate(self.blocks):
-            x = blk(x, None if caches is None else caches[i])
+            x = blk(x, None if caches is None else caches[i], label)
         logits = F.linear(self.ln_f(x), table)  # tied: self.head.weight is self.wte.weight
         loss = None if targets is None else F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1)
         return logits, loss

@@ -12,7 +12,7 @@ import torch
 from conftest import run
 from minisora.data import VideoDataset, load_labels
 from minisora.evaluation import (FMD, colour_error, connected_components, detection_metrics, extract_features,
-                                 fd_with_ci, frechet_distance, ink_kept, prompt_accuracy, standardizer, to_float,
+                                 fd_with_ci, frechet_distance, ink_kept, prompt_accuracy, prompt_scores, standardizer, to_float,
                                  train_digit_classifier, train_feature_net, video_metrics)
 
 METRICS = {"legibility", "legible_per_frame", "digits_per_frame", "mean_speed_px", "motion_residual_px",
@@ -188,6 +188,16 @@ def test_prompt_accuracy(real, tiny_data, classifier):
     assert prompt_accuracy(real, labels, classifier) >= 0.8
     assert prompt_accuracy(real, wrong, classifier) <= 0.3
     assert prompt_accuracy(real[:1], [labels[0] + [(max(labels[0]) + 1) % 10]], classifier) == 0  # a missing digit
+    # why a video misses: a prompted digit not read (missed), a digit read that was not prompted (unprompted)
+    read = prompt_scores(real, labels, classifier)
+    assert read["prompt_accuracy"] == prompt_accuracy(real, labels, classifier) and read["prompt_unprompted"] <= 0.2
+    i = next(i for i in range(len(real)) if prompt_accuracy(real[i:i + 1], labels[i:i + 1], classifier) == 1)
+    other = next(d for d in range(10) if d not in labels[i])  # a digit not in video i
+    assert prompt_scores(real[i:i + 1], [labels[i] + [other]], classifier) == \
+        {"prompt_accuracy": 0.0, "prompt_missed": 1.0, "prompt_unprompted": 0.0}
+    assert prompt_scores(real[i:i + 1], [[other]], classifier) == \
+        {"prompt_accuracy": 0.0, "prompt_missed": 1.0, "prompt_unprompted": 1.0}
+    assert prompt_scores(real[i:i + 1], [labels[i][:1]], classifier)["prompt_unprompted"] == float(len(labels[i]) > 1)
 
 
 def test_connected_components():

@@ -548,6 +548,51 @@ def test_prompted_model_generates_the_prompted_sequence(kind):
     assert torch.equal(swapped, seqs.flip(0))  # the label, not the batch row, decides
 
 
+def test_label_modulation_starts_as_the_plain_gpt_and_learns_the_labels_through_the_blocks():
+    """--label_modulation: zero-initialised, the modulated GPT computes exactly what the plain one does; trained on
+    two sequences told apart only by their labels, the labels then act inside the blocks (outputs change when
+    the modulation is removed) and guided cached sampling gives the full recompute's (the prompted) sequences."""
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(vocab_size=33, grid=(1, 2, 4), block_size=8, n_layer=2, n_head=2, n_embd=32, dropout=0.0,
+                      num_classes=10, label_modulation=True))
+    seqs = torch.tensor([[32, 1, 2, 3, 4, 5, 6, 7, 8], [32, 8, 7, 6, 5, 4, 3, 2, 1]])
+    y = torch.zeros(2, 10)
+    y[0, 3] = y[1, [0, 7]] = 1
+    m.eval()
+    mods = [blk.modulation for blk in m.blocks]
+    modulated = m(seqs[:, :-1], y=y)[0]
+    for blk in m.blocks:
+        blk.modulation = None
+    assert torch.equal(modulated, m(seqs[:, :-1], y=y)[0])  # a plain block at initialisation
+    for blk, mod in zip(m.blocks, mods):
+        blk.modulation = mod
+    m.train()
+    opt = torch.optim.Adam(m.parameters(), 3e-3)
+    for _ in range(300):
+        _, loss = m(seqs[:, :-1], targets=seqs[:, 1:], y=y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    m.eval()
+    assert all(float(mod.weight.detach().abs().max()) > 1e-3 for mod in mods)
+    modulated = m(seqs[:, :-1], y=y)[0]
+    for blk in m.blocks:
+        blk.modulation = None
+    assert not torch.allclose(modulated, m(seqs[:, :-1], y=y)[0], atol=1e-3)
+    for blk, mod in zip(m.blocks, mods):
+        blk.modulation = mod
+    for scale in (1.0, 3.0):
+        cached = m.generate(seqs[:, :1], 8, temperature=0, y=y, cfg_scale=scale, use_cache=True)
+        assert torch.equal(cached, seqs) and torch.equal(cached, m.generate(seqs[:, :1], 8, temperature=0, y=y,
+                                                                              cfg_scale=scale, use_cache=False))
+
+
+def test_label_modulation_needs_class_conditional(tiny_stage_files, tmp_path):
+    bad = run("train_latent_nanogpt.py", ["--tokens_input_file", tiny_stage_files["tokens"], "--label_modulation"],
+              tmp_path, ok=False)
+    assert bad.returncode != 0 and "--class_conditional" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_first_frame_candidates_keep_the_frame_the_labels_explain():
     """pick_first_frames keeps, of K drawn first frames, the one the model's own labels explain best: a tiny
     class-conditional GPT overfit on eleven clips (digit d: its own random codes, still; no digit: code 0 everywhere)
@@ -586,6 +631,7 @@ def test_first_frame_candidates_keep_the_frame_the_labels_explain():
 
 def test_class_conditional_gpt_script_and_prompted_sampling(tiny_stage_files, tiny_data, tmp_path):
     """--class_conditional trains on the tokens' source labels (--code_embeddings: with the codebook's vectors;
+    --label_modulation: labels also modulating every block;
     --prev_frames: reading earlier frames through the whole sequence; with --first_frame_windows and
     --input_noise); sample.py --prompts/--cfg_scale works for it;
     evaluate.py --continuation scores its continuations of real val videos beside the copy-last-frame baseline
@@ -594,11 +640,12 @@ def test_class_conditional_gpt_script_and_prompted_sampling(tiny_stage_files, ti
                                     "--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--class_conditional",
                                     "--code_embeddings", "--prev_frames", "1", "--first_frame_windows", "0.5",
                                     "--input_noise", "0.1", "--later_temperature", "0.5", "--ink_temperature", "0.5",
-                                    "--output_dir", tmp_path,
+                                    "--label_modulation", "--output_dir", tmp_path,
                                     "--run_name", "c"], tmp_path)
     ck = tmp_path / "train_latent_nanogpt/c/checkpoints/last.ckpt"
     state = torch.load(ck, weights_only=True)
     assert state["minisora"]["config"]["num_classes"] == 10 and state["minisora"]["config"]["prev_frames"] == 1
+    assert state["minisora"]["config"]["label_modulation"] and "model.blocks.0.modulation.weight" in state["state_dict"]
     hp = state["hyper_parameters"]
     assert hp["later_temperature"] == 0.5 and hp["ink_temperature"] == 0.5  # the sampling defaults it carries
     assert isinstance(hp["background_codes"], list) and all(0 <= c < hp["n_codes"] for c in hp["background_codes"])
