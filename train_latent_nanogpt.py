@@ -53,7 +53,8 @@ def main(argv=None):
                         "above and to its left within --prev_radius)")
     m.add_argument("--label_modulation", action="store_true",
                    help="with --class_conditional: every block's layer norms are also scaled and shifted by the label "
-                        "embedding (adaLN, as VAR / DiT condition), not only the input tokens (README, measured numbers)")
+                        "embedding (adaLN, as VAR / DiT condition), not only the input tokens (measured: labels read no better, "
+                        "worse digits; README 'A stronger label path')")
     m.add_argument("--mamba", action="store_true",
                    help="train a Mamba instead: runs train_latent_mamba.py with the other flags (see its --help)")
     add_lm_args(p)

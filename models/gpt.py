@@ -113,8 +113,8 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(c.n_embd, bias=c.bias)
         self.mlp = nn.Sequential(nn.Linear(c.n_embd, 4 * c.n_embd, bias=c.bias), nn.GELU(),
                                  nn.Linear(4 * c.n_embd, c.n_embd, bias=c.bias), nn.Dropout(c.dropout))
-        # label modulation: (scale, shift) of both layer norms from the label embedding; zero-initialised (GPT._init
-        # skips it), so training starts from the plain block
+        # label modulation: (scale, shift) of both layer norms from the label embedding; GPT.__init__ zeroes it, so
+        # training starts from the plain block
         self.modulation = nn.Linear(c.n_embd, 4 * c.n_embd) if c.num_classes and c.label_modulation else None
 
     def forward(self, x, cache=None, label=None):
