@@ -4,6 +4,7 @@ import torch
 
 from bench.bench_label_reading import label_reading
 from minisora.lit_gpt import LitLM
+from test_lm import overfit_labelled
 from models.gpt import GPTConfig
 
 
@@ -14,13 +15,7 @@ def test_label_reading_of_a_model_that_learned_its_labels():
     module = LitLM("gpt", cfg.to_dict(), 32, [2, 2, 4], "none")
     frames = torch.randint(1, 32, (10, 8))  # digit d: its own random codes, still
     seqs = torch.cat([torch.full((10, 1), 32), frames, frames], 1)
-    y = torch.eye(10)
-    opt = torch.optim.Adam(module.model.parameters(), 3e-3)
-    for _ in range(400):
-        _, loss = module.model(seqs[:, :-1], targets=seqs[:, 1:], y=y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    overfit_labelled(module.model, seqs, torch.eye(10), 400)
     module.eval()
     codes = seqs[:, 1:].reshape(10, 2, 2, 4).numpy()
     r = label_reading(module, codes, [[d] for d in range(10)], batch=4)

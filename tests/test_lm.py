@@ -21,6 +21,16 @@ def tiny_gpt(**kw):
                                    dropout=0.0), **kw})).eval()
 
 
+def overfit_labelled(model, seqs: torch.Tensor, y: torch.Tensor, steps: int) -> None:
+    """Teacher-forced Adam steps of a class-conditional token model on sequences [BOS, ...] with label sets y."""
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    for _ in range(steps):
+        _, loss = model(seqs[:, :-1], targets=seqs[:, 1:], y=y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
 def test_cached_sampling_stays_in_the_trained_window(monkeypatch):
     """Past the first window (49-token videos, block_size 8: several windows), each prediction of cached sampling
     equals a forward pass over one window of <= block_size tokens computed from scratch (as in training: the
@@ -534,12 +544,7 @@ def test_prompted_model_generates_the_prompted_sequence(kind):
     seqs = torch.tensor([[32, 1, 2, 3, 4, 5, 6, 7, 8], [32, 8, 7, 6, 5, 4, 3, 2, 1]])
     y = torch.zeros(2, 10)
     y[0, 3] = y[1, [0, 7]] = 1
-    opt = torch.optim.Adam(m.parameters(), 3e-3)
-    for _ in range(300):
-        _, loss = m(seqs[:, :-1], targets=seqs[:, 1:], y=y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    overfit_labelled(m, seqs, y, 300)
     m.eval()
     for scale in (1.0, 3.0):
         out = m.generate(seqs[:, :1], 8, temperature=0, y=y, cfg_scale=scale)
@@ -567,12 +572,7 @@ def test_label_modulation_starts_as_the_plain_gpt_and_learns_the_labels_through_
     for blk, mod in zip(m.blocks, mods):
         blk.modulation = mod
     m.train()
-    opt = torch.optim.Adam(m.parameters(), 3e-3)
-    for _ in range(300):
-        _, loss = m(seqs[:, :-1], targets=seqs[:, 1:], y=y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    overfit_labelled(m, seqs, y, 300)
     m.eval()
     assert all(float(mod.weight.detach().abs().max()) > 1e-3 for mod in mods)
     modulated = m(seqs[:, :-1], y=y)[0]
@@ -608,12 +608,7 @@ def test_first_frame_candidates_keep_the_frame_the_labels_explain():
     frames = torch.cat([torch.randint(1, 32, (10, 8)), torch.zeros(1, 8, dtype=torch.long)])  # digits 0-9, empty
     seqs = torch.cat([torch.full((11, 1), 32), frames, frames], 1)
     y = torch.cat([torch.eye(10), torch.zeros(1, 10)])  # the empty clip: no digit, the null label
-    opt = torch.optim.Adam(m.parameters(), 3e-3)
-    for _ in range(400):
-        _, loss = m(seqs[:, :-1], targets=seqs[:, 1:], y=y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    overfit_labelled(m, seqs, y, 400)
     module.eval()
     cands, y = seqs[[3, 7, 10], :9], y[[3, 7]]  # BOS + first frame: {3}, {7}, empty
     for order in ([0, 1, 2], [2, 1, 0], [1, 2, 0]):
