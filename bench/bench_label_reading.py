@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from minisora.data import multi_hot, stage_labels  # noqa: E402
+from minisora.data import held_out_rows, multi_hot, stage_labels  # noqa: E402
 from minisora.generate import load_generator  # noqa: E402
 from minisora.stagefile import load_stage  # noqa: E402
 
@@ -33,20 +33,18 @@ def label_reading(module, codes: np.ndarray, labels: list[list[int]], batch: int
     bos, nc = module.hparams.n_codes, int(module.hparams.model_config["num_classes"])
     rng = np.random.default_rng(seed)
     true, null, wrong, hits = [], [], [], []
-    eye = torch.eye(nc)
     for i in range(0, len(codes), batch):
         c = torch.from_numpy(codes[i:i + batch, 0].reshape(-1, h * w).astype(np.int64))
         seq = torch.cat([torch.full((len(c), 1), bos), c], 1)
         lab = labels[i:i + batch]
-        other = [[(d + rng.integers(1, 10)) % 10 for d in ds] for ds in lab]
+        other = [[(d + rng.integers(1, nc)) % nc for d in ds] for ds in lab]
         true.append(module.label_log_likelihood(seq, torch.stack([multi_hot(ds, nc) for ds in lab])))
         null.append(module.label_log_likelihood(seq, None))
         wrong.append(module.label_log_likelihood(seq, torch.stack([multi_hot(ds, nc) for ds in other])))
         single = [k for k, ds in enumerate(lab) if len(set(ds)) == 1]
         if single:
-            s = seq[single]
-            scores = torch.stack([module.label_log_likelihood(s, eye[d].expand(len(s), -1)) for d in range(nc)], 1)
-            hits += [int(scores[j].argmax()) == lab[k][0] for j, k in enumerate(single)]
+            best = module.single_label_log_likelihoods(seq[single]).argmax(1)
+            hits += [int(best[j]) == lab[k][0] for j, k in enumerate(single)]
     true, null, wrong = (torch.cat(x) for x in (true, null, wrong))
     return {"clips": len(codes), "nats_true": float(-true.mean()), "nats_null": float(-null.mean()),
             "nats_wrong": float(-wrong.mean()), "saved_vs_null": float((true - null).mean()),
@@ -63,8 +61,10 @@ def main(argv=None):
     a = p.parse_args(argv)
     arr, meta = load_stage(a.tokens, "tokens")
     labels = stage_labels(meta)
-    first = len(arr) - max(1, int(len(arr) * a.val_fraction))
-    rows = range(first, min(len(arr), first + a.num_clips))
+    held_out = held_out_rows(len(arr), a.val_fraction)[1]
+    rows = held_out[:a.num_clips]
+    if not rows:
+        sys.exit(f"error: {a.tokens} has {len(arr)} row(s): none held out to score")
     codes = np.asarray(arr[rows.start:rows.stop])
     print("| checkpoint | clips | nats/clip, true labels | null label | wrong labels | saved vs null | saved vs wrong "
           "| implicit classifier (1-digit clips) |\n|---|---|---|---|---|---|---|---|")

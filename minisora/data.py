@@ -361,6 +361,13 @@ class TokenWindows(Dataset):
         return item
 
 
+def held_out_rows(n: int, val_fraction: float) -> tuple[range, range]:
+    """(train rows, val rows) of an n-row tokens file: the last val_fraction of the rows (at least one, when there
+    are two or more) are held out; a one-row file holds out none."""
+    n_val = max(1, int(n * val_fraction)) if n > 1 else 0
+    return range(0, n - n_val), range(n - n_val, n)
+
+
 def token_splits(array: np.ndarray, val_fraction: float, block_size: int, bos: int, train_items: int, val_items: int,
                  only_predict_last: bool = False, context=None, labels=None,
                  with_history: bool = False, first_frame_windows: float = 0.0,
@@ -368,8 +375,7 @@ def token_splits(array: np.ndarray, val_fraction: float, block_size: int, bos: i
     """Train and val TokenWindows of a tokens array: the last val_fraction of its rows (at least one, when
     there are two or more) are held out for val/loss; a one-video file validates on its training row.
     first_frame_windows and input_noise apply to training only (val/loss stays the loss of whole clean clips' windows)."""
-    n_val = max(1, int(len(array) * val_fraction)) if len(array) > 1 else 0
-    train_rows, val_rows = range(0, len(array) - n_val), range(len(array) - n_val, len(array))
+    train_rows, val_rows = held_out_rows(len(array), val_fraction)
     train = TokenWindows(array, train_rows, block_size, bos, train_items, only_predict_last, context, labels, with_history,
                          first_frame_windows, input_noise)
     val = TokenWindows(array, val_rows or train_rows, block_size, bos, val_items, only_predict_last, context, labels,

@@ -159,6 +159,13 @@ class LitLM(L.LightningModule):
         logits = self.model(seq[:, :-1], start=0, y=y, **kw)[0].float()
         return logits.log_softmax(-1).gather(-1, seq[:, 1:, None])[..., 0].sum(1)
 
+    @torch.no_grad()
+    def single_label_log_likelihoods(self, seq: torch.Tensor) -> torch.Tensor:
+        """(B, num_classes): label_log_likelihood of each sequence under every single-class label {c}."""
+        nc = self._scoring_classes()
+        eye = torch.eye(nc, device=seq.device)
+        return torch.stack([self.label_log_likelihood(seq, eye[c].expand(len(seq), -1)) for c in range(nc)], 1)
+
     def _scoring_classes(self) -> int:
         nc = int(self.hparams.model_config.get("num_classes") or 0)
         if not nc:
@@ -171,7 +178,7 @@ class LitLM(L.LightningModule):
         model's implicit classifier (what classifier-free guidance amplifies) scores highest: log p(x | labels) -
         log p(x | no label), with the video's prompt y, or without one, the best single digit (does the frame look
         like any digit to the model). The model scores its own draws: no external classifier is involved."""
-        nc = self._scoring_classes()
+        self._scoring_classes()
         n, k, length = cands.shape
         block = getattr(self.model.config, "block_size", None)
         if block is not None and length - 1 > block:
@@ -182,8 +189,7 @@ class LitLM(L.LightningModule):
         if y is not None:
             score = self.label_log_likelihood(flat, y.float().repeat_interleave(k, 0)) - null
         else:
-            eye = torch.eye(nc, device=flat.device)
-            score = torch.stack([self.label_log_likelihood(flat, eye[c].expand(n * k, -1)) for c in range(nc)]).amax(0) - null
+            score = self.single_label_log_likelihoods(flat).amax(1) - null
         best = score.view(n, k).argmax(1)
         return cands[torch.arange(n, device=cands.device), best]
 
