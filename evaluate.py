@@ -35,7 +35,7 @@ from minisora.data import VideoDataset, hold_last_frame, load_labels, to_model_r
 from minisora.evaluation import (FMD, DigitCNN, FeatureNet, colour_error, continuation_metrics, given_classes,
                                  fd_with_ci, i3d_features, prompt_scores, to_float, train_digit_classifier,
                                  train_feature_net, video_metrics)
-from minisora.generate import continue_videos, generate_videos, load_generator, label_prompts, num_classes
+from minisora.generate import continue_videos, generate_videos, label_prompts, load_generator, load_guide, num_classes
 from minisora.video_io import list_videos, read_video, save_video_grid, to_uint8_frames
 
 COLUMNS = ["videos", "FMD", "legibility", "legible_per_frame", "digits_per_frame", "mean_speed_px", "motion_residual_px",
@@ -53,10 +53,12 @@ def load_folder(folder: Path, n: int | None, frames: int | None) -> np.ndarray:
     return np.stack([v[:t] for v in vids])
 
 
-def sample(module, n: int, a, y: torch.Tensor | None = None, cfg_scale: float = 1.0) -> np.ndarray:
-    """n uint8 videos (n, T, H, W, 3) from a generator (minisora.generate); y: (n, classes) multi-hot prompts."""
+def sample(module, n: int, a, y: torch.Tensor | None = None, cfg_scale: float = 1.0, guide=None) -> np.ndarray:
+    """n uint8 videos (n, T, H, W, 3) from a generator (minisora.generate); y: (n, classes) multi-hot prompts;
+    guide: the --guide_checkpoint model (load_guide)."""
     try:
-        videos = generate_videos(module, n, 8, a.seed, a.sampler, a.steps, y=y, cfg_scale=cfg_scale, **token_sampling(a))
+        videos = generate_videos(module, n, 8, a.seed, a.sampler, a.steps, y=y, cfg_scale=cfg_scale,
+                                 **token_sampling(a, guide))
     except ValueError as e:  # sampling settings the checkpoint cannot take (e.g. --ink_temperature on an old one)
         sys.exit(f"error: {e}")
     return np.stack([to_uint8_frames(v) for v in videos])
@@ -150,11 +152,15 @@ def main(argv=None):
         name = Path(a.videos).name
     elif a.checkpoint:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        module = load_generator(a.checkpoint, device)
+        try:
+            module = load_generator(a.checkpoint, device)
+            guide = load_guide(a.guide_checkpoint, module, device)
+        except (ValueError, FileNotFoundError, ConnectionError) as e:
+            sys.exit(f"error: {e}")
         name = Path(a.checkpoint).parent.parent.name
         if num_videos:
             print(f"[evaluate] sampling {num_videos} videos from {a.checkpoint} ({a.sampler}, {a.steps} steps)")
-            sets["generated"] = sample(module, num_videos, a)
+            sets["generated"] = sample(module, num_videos, a, guide=guide)
         if a.prompted:
             if not num_classes(module):
                 sys.exit("error: --prompted needs a class-conditional checkpoint (model_config num_classes)")
@@ -162,7 +168,7 @@ def main(argv=None):
                 sys.exit(f"error: --prompted needs the val labels ({val.dir / 'metadata.jsonl'})")
             y = label_prompts(val_labels, num_classes(module), device)
             print(f"[evaluate] sampling {n_val} videos prompted with the val videos' digits (cfg scale {a.cfg_scale})")
-            sets["generated (prompted)"] = sample(module, n_val, a, y=y, cfg_scale=a.cfg_scale)
+            sets["generated (prompted)"] = sample(module, n_val, a, y=y, cfg_scale=a.cfg_scale, guide=guide)
             extra["generated (prompted)"] = prompt_scores(sets["generated (prompted)"], val_labels, clf)
     if val_labels is not None:  # what the classifier reads in real videos: the ceiling of prompt accuracy
         extra["real (val)"] = prompt_scores(real_val, val_labels, clf)
@@ -219,7 +225,7 @@ def main(argv=None):
                   f"of {len(read)} videos; the rest get the null label), guidance {a.continuation_cfg}")
         try:
             cont = continue_videos(module, to_model_range(torch.from_numpy(real_val).permute(0, 4, 1, 2, 3)),
-                                   a.continuation, seed=a.seed, **token_sampling(a), **prompts)
+                                   a.continuation, seed=a.seed, **token_sampling(a, guide), **prompts)
         except ValueError as e:
             sys.exit(f"error: {e}")
         cont = np.stack([to_uint8_frames(v) for v in cont])

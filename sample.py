@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from minisora.cli import add_token_sampling_args, add_vae_arg, token_sampling
-from minisora.generate import generate_videos, is_diffusion, load_generator, label_prompts, num_classes
+from minisora.generate import generate_videos, is_diffusion, label_prompts, load_generator, load_guide, num_classes
 from minisora.video_io import save_video_grid
 
 
@@ -51,6 +51,7 @@ def main(argv=None):
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         module = load_generator(a.checkpoint, device, a.vae)
+        guide = load_guide(a.guide_checkpoint, module, device)
     except (ValueError, FileNotFoundError, ConnectionError) as e:
         sys.exit(f"error: {e}")
     diffusion = is_diffusion(module)
@@ -77,7 +78,7 @@ def main(argv=None):
     t0 = time.time()
     try:
         videos = generate_videos(module, a.num_videos, a.batch_size, a.seed, sampler, a.steps, y, use_ema=not a.no_ema,
-                                 cfg_scale=a.cfg_scale, **token_sampling(a))
+                                 cfg_scale=a.cfg_scale, **token_sampling(a, guide))
     except ValueError as e:  # sampling settings the checkpoint cannot take (e.g. --ink_temperature on an old one)
         sys.exit(f"error: {e}")
     dt = time.time() - t0
@@ -94,6 +95,8 @@ def main(argv=None):
     ink = None if diffusion else h.get("ink_temperature") if a.ink_temperature is None else a.ink_temperature
     if ink is not None:
         how += f", digit codes at temperature {ink}"
+    if guide is not None and a.guide_scale != 1.0:
+        how += f", autoguided by {a.guide_checkpoint} at scale {a.guide_scale}"
     print(f"[sample] {a.num_videos} videos ({how}) in {dt:.1f}s "
           f"({dt / a.num_videos:.2f}s per video) -> {out}/000.mp4 ... and grid {grid} + {grid.with_suffix('.gif')}")
 

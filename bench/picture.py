@@ -18,7 +18,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from minisora.cli import add_token_sampling_args, token_sampling  # noqa: E402
 from minisora.data import VideoDataset  # noqa: E402
-from minisora.generate import continue_videos, generate_videos, is_diffusion, load_generator  # noqa: E402
+from minisora.generate import continue_videos, generate_videos, is_diffusion, load_generator, load_guide  # noqa: E402
 from minisora.video_io import to_uint8_frames  # noqa: E402
 
 
@@ -45,12 +45,13 @@ def main(argv=None):
     add_token_sampling_args(p)
     a = p.parse_args(argv)
     module = load_generator(a.checkpoint, vae=a.vae)
-    halves = [grid(torch.stack(generate_videos(module, a.num, seed=a.seed, **token_sampling(a))), a.frames)]
+    sampling = token_sampling(a, load_guide(a.guide_checkpoint, module))
+    halves = [grid(torch.stack(generate_videos(module, a.num, seed=a.seed, **sampling)), a.frames)]
     if not is_diffusion(module):  # next-token models continue videos
         ds = VideoDataset(a.dataset, "val", a.resolution, a.sequence_length, data_dir=a.data_dir)
         real = torch.stack([ds[i]["video"] for i in range(min(a.num, len(ds)))])
         halves += [np.full((halves[0].shape[0], 8, 3), 255, np.uint8),
-                   grid(continue_videos(module, real, a.given, seed=a.seed, **token_sampling(a)), a.frames)]
+                   grid(continue_videos(module, real, a.given, seed=a.seed, **sampling), a.frames)]
     Path(a.output).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.concatenate(halves, 1)).save(a.output)
     print(f"[picture] {a.output}: {a.num} samples" + (" | continuations" if len(halves) > 1 else ""))

@@ -189,6 +189,11 @@ def add_token_sampling_args(p: argparse.ArgumentParser) -> None:
                    help="class-conditional token models: draw K first latent frames per video and keep the one the "
                         "model itself reads as most like its prompt's digits (unprompted: like any digit), then draw "
                         "the rest (costs K first frames; README: 'Picking the first frame')")
+    t.add_argument("--guide_checkpoint", default=None, metavar="REF",
+                   help="GPT checkpoints: autoguidance by a weaker version of the model, e.g. an earlier checkpoint of "
+                        "its run (--checkpoint_every): logits = guide + scale * (model - guide), among the model's "
+                        "top_k codes (README: 'Autoguidance')")
+    t.add_argument("--guide_scale", type=float, default=1.0, help="with --guide_checkpoint (1: no guidance)")
 
 
 def training_windows(a) -> dict:
@@ -196,8 +201,13 @@ def training_windows(a) -> dict:
     return dict(first_frame_windows=a.first_frame_windows, input_noise=a.input_noise)
 
 
-def token_sampling(a) -> dict:
+def token_sampling(a, guide=None) -> dict:
+    """generate_videos / continue_videos keywords of add_token_sampling_args' flags; guide: the model loaded from
+    --guide_checkpoint (minisora.generate.load_guide)."""
     if a.first_frame_candidates < 1:
         raise SystemExit(f"error: --first_frame_candidates must be >= 1, got {a.first_frame_candidates}")
+    if a.guide_scale != 1.0 and a.guide_checkpoint is None:
+        raise SystemExit("error: --guide_scale needs --guide_checkpoint (the weaker model that guides)")
     return dict(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, later_temperature=a.later_temperature,
-                first_frame_candidates=a.first_frame_candidates, ink_temperature=a.ink_temperature)
+                first_frame_candidates=a.first_frame_candidates, ink_temperature=a.ink_temperature,
+                guide=guide, guide_scale=a.guide_scale)

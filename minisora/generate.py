@@ -7,6 +7,7 @@ import torch
 from minisora.checkpoint import load_checkpoint
 from minisora.data import hold_last_frame, multi_hot
 from minisora.resolve import load_vae, resolve_checkpoint_path
+from models import build_model
 
 DIFFUSION, TOKEN_MODELS = ("latte", "stdit"), ("gpt", "mamba")
 
@@ -35,6 +36,25 @@ def load_generator(ref: str, device: str = "cpu", vae: str | None = None):
     return module.to(device).eval()
 
 
+def load_guide(ref: str | None, module, device: str = "cpu"):
+    """The weaker GPT that autoguidance pushes `module`'s draws away from (`--guide_checkpoint`: an earlier
+    checkpoint of the same run, e.g. runs/<run>/checkpoints/step0001000.ckpt from --checkpoint_every), or None."""
+    if ref is None:
+        return None
+    if is_diffusion(module) or module.hparams.kind != "gpt":
+        raise ValueError("--guide_checkpoint: autoguidance is implemented for GPT checkpoints only")
+    from models.gpt import check_guide
+
+    ckpt = load_checkpoint(resolve_checkpoint_path(ref))
+    meta = ckpt["minisora"]
+    if meta.get("kind") != "gpt":
+        raise ValueError(f"--guide_checkpoint {ref} is a {meta.get('kind')!r} checkpoint: the guide must be a GPT")
+    guide = build_model("gpt", meta["config"])
+    guide.load_state_dict({k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")})
+    check_guide(module.model, guide)
+    return guide.to(device).eval()
+
+
 def is_diffusion(module) -> bool:
     return hasattr(module, "sample_latents")
 
@@ -49,7 +69,8 @@ def generate_videos(module, n: int, batch_size: int = 8, seed: int = 0, sampler:
                     y: torch.Tensor | None = None, use_ema: bool = True, cfg_scale: float = 1.0,
                     temperature: float | None = None, top_k: int | None = None,
                     top_p: float | None = None, later_temperature: float | None = None,
-                    first_frame_candidates: int = 1, ink_temperature: float | None = None) -> list[torch.Tensor]:
+                    first_frame_candidates: int = 1, ink_temperature: float | None = None, guide=None,
+                    guide_scale: float = 1.0) -> list[torch.Tensor]:
     """n videos (3, T, H, W) in [-1, 1] on the CPU, in batches (batch i uses seed + i * batch_size).
 
     Diffusion models use sampler/steps/y/use_ema/cfg_scale. sampler: dpm++ | ddim | ddpm for epsilon models,
@@ -60,7 +81,8 @@ def generate_videos(module, n: int, batch_size: int = 8, seed: int = 0, sampler:
     and temperature / top_k / top_p (None: the trained values; top_k 0 and top_p 1 turn them off) /
     later_temperature (past the first latent frame; None: temperature's) / first_frame_candidates (K > 1:
     each video's first latent frame is the best of K draws by the model's own label reading) / ink_temperature
-    (the digit codes' temperature; None: the trained default); batched
+    (the digit codes' temperature; None: the trained default) / guide, guide_scale (autoguidance by a weaker GPT of
+    the same run, from load_guide; GPT.generate); batched
     KV-cache decoding: each step is cheap, a batch fills the matmuls."""
     diffusion = is_diffusion(module)
     if y is not None:
@@ -82,7 +104,8 @@ def generate_videos(module, n: int, batch_size: int = 8, seed: int = 0, sampler:
         else:
             codes = module.sample_codes(b, seed=seed + i, temperature=temperature, top_k=top_k, top_p=top_p, y=yb,
                                         cfg_scale=cfg_scale, later_temperature=later_temperature,
-                                        first_frame_candidates=first_frame_candidates, ink_temperature=ink_temperature)
+                                        first_frame_candidates=first_frame_candidates, ink_temperature=ink_temperature,
+                                        guide=guide, guide_scale=guide_scale)
             videos.extend(module.vae.decode_codes(codes).cpu())
     return videos
 
@@ -92,7 +115,7 @@ def continue_videos(module, real: torch.Tensor, given: int, batch_size: int = 8,
                     temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
                     y: torch.Tensor | None = None, cfg_scale: float = 1.0,
                     later_temperature: float | None = None, first_frame_candidates: int = 1,
-                    ink_temperature: float | None = None) -> torch.Tensor:
+                    ink_temperature: float | None = None, guide=None, guide_scale: float = 1.0) -> torch.Tensor:
     """Continuations of real videos (N, 3, T, H, W) in [-1, 1] by a next-token model: only the first `given`
     frames (a multiple of the VAE's temporal stride) are encoded -- nothing of the future leaks through a
     non-causal encoder -- and the model generates the rest of the code grid. Returns (N, 3, T, H, W) on the
@@ -118,7 +141,8 @@ def continue_videos(module, real: torch.Tensor, given: int, batch_size: int = 8,
         codes = vae.encode_codes(hold_last_frame(x, given, 2))[:, :given // stride]
         kw = {} if y is None else dict(y=y[i:i + batch_size].float(), cfg_scale=cfg_scale)
         full = module.sample_codes(len(x), codes, seed=seed + i, temperature=temperature, top_k=top_k, top_p=top_p,
-                                   later_temperature=later_temperature, ink_temperature=ink_temperature, **kw)
+                                   later_temperature=later_temperature, ink_temperature=ink_temperature,
+                                   guide=guide, guide_scale=guide_scale, **kw)
         video = vae.decode_codes(full.to(vae.device)).float().clamp(-1, 1)
         out.append(torch.cat([x[:, :, :given], video[:, :, given:]], 2).cpu())
     return torch.cat(out)

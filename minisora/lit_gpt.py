@@ -96,7 +96,7 @@ class LitLM(L.LightningModule):
                      temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
                      y: torch.Tensor | None = None, cfg_scale: float = 1.0,
                      later_temperature: float | None = None, first_frame_candidates: int = 1,
-                     ink_temperature: float | None = None) -> torch.Tensor:
+                     ink_temperature: float | None = None, guide=None, guide_scale: float = 1.0) -> torch.Tensor:
         """Generate whole code grids (n, t, h, w). prompt_codes (n, t0, h, w): continue real first frames.
         temperature / top_k / top_p: None = the values the model was trained with (its hparams); top_k 0 and
         top_p 1 turn them off, temperature 0 is greedy. y (n, num_classes): label prompts (class-conditional
@@ -104,8 +104,12 @@ class LitLM(L.LightningModule):
         temperature of the codes after the first latent frame (None: `temperature`); first_frame_candidates K > 1
         (class-conditional models, when the first frame is drawn, not given): draw K first latent frames per video
         and keep the one the model itself reads as most digit-like (`pick_first_frames`), then draw the rest;
-        ink_temperature: the temperature of the digit codes only (None: the trained default; see `ink`)."""
+        ink_temperature: the temperature of the digit codes only (None: the trained default; see `ink`); guide (a
+        weaker GPT of the same run: minisora.generate.load_guide) with guide_scale != 1: autoguidance (GPT.generate)."""
         h = self.hparams
+        if guide_scale != 1.0 and guide is None:
+            raise ValueError("guide_scale needs a guide model (--guide_checkpoint: an earlier checkpoint of the run)")
+        auto = dict(guide_model=guide, guide_scale=guide_scale) if guide is not None and guide_scale != 1.0 else {}
         temperature = h.temperature if temperature is None else temperature
         if later_temperature is None:  # the trained default (checkpoints from before the flag: one temperature)
             later_temperature = h.get("later_temperature")
@@ -124,7 +128,7 @@ class LitLM(L.LightningModule):
             def draw(start, new, labels):
                 kw = dict(y=labels, cfg_scale=cfg_scale) if labels is not None else {}
                 return self.model.generate(start, new, temperature, top_k, top_p, use_cache=use_cache, allowed=h.n_codes,
-                                           generator=g, later_temperature=later_temperature, **ink, **kw)
+                                           generator=g, later_temperature=later_temperature, **ink, **auto, **kw)
             if first_frame_candidates > 1 and prompt_codes is None:
                 self._scoring_classes()  # before drawing anything
                 k, frame = first_frame_candidates, grid[1] * grid[2]

@@ -331,7 +331,8 @@ def fit(a, module, train, val=None, *, out: Path, script: str, checkpoints: dict
     """Train `module` on the dataset `train` (validating on `val` if given) with the flags of minisora/cli.py
     (a.epochs, a.max_steps, a.max_time, a.batch_size, a.accumulate_grad_batches, a.clip_grad, a.start_clip_iter,
     a.log_every, a.resume_from, a.compile, hardware). checkpoints: ModelCheckpoint arguments of the kept
-    checkpoints (last.ckpt always); watch: wandb.watch the model's gradients (with --track); trainer_kw: extra
+    checkpoints (last.ckpt always; a.ckpt_every > 0 also keeps stepNNNNNNN.ckpt every that many steps when these
+    arguments do not already say when to save); watch: wandb.watch the model's gradients (with --track); trainer_kw: extra
     Trainer arguments. Returns the Trainer."""
     from torch.utils.data import DataLoader
 
@@ -339,6 +340,11 @@ def fit(a, module, train, val=None, *, out: Path, script: str, checkpoints: dict
 
     callbacks = [checkpoint_callback(dirpath=str(out / "checkpoints"), auto_insert_metric_name=False, **checkpoints),
                  LearningRateMonitor("step")]
+    if getattr(a, "ckpt_every", 0) and "every_n_train_steps" not in checkpoints:  # e.g. the token models' best + periodic
+        from lightning.pytorch.callbacks import ModelCheckpoint
+        callbacks.append(ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="step{step:07d}", save_top_k=-1,
+                                         every_n_train_steps=a.ckpt_every, auto_insert_metric_name=False,
+                                         enable_version_counter=False))
     if hasattr(module, "sample_and_save"):  # generators: samples every a.sample_every steps and at the end
         callbacks.append(_periodic_samples(a.sample_every))
     if val is None:

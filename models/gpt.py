@@ -264,7 +264,8 @@ class GPT(ClassConditioned, nn.Module):
                  top_p: float | None = None, use_cache: bool = True, allowed: int | None = None,
                  generator: torch.Generator | None = None, y: torch.Tensor | None = None,
                  cfg_scale: float = 1.0, later_temperature: float | None = None, ink_temperature: float | None = None,
-                 background: torch.Tensor | None = None) -> torch.Tensor:
+                 background: torch.Tensor | None = None, guide_model: "GPT | None" = None,
+                 guide_scale: float = 1.0) -> torch.Tensor:
         """Continue `prompt` (B, L0), whose first token is sequence position 0 (BOS). Each prediction reads a
         training-like window of at most block_size tokens (re-anchored to its last half when full); with
         use_cache its keys are cached (amortised constant cost per token), without it every step recomputes
@@ -275,19 +276,35 @@ class GPT(ClassConditioned, nn.Module):
         frame is drawn, the next ones are nearly determined by it (constant motion), so the spread of the model's
         next-frame distribution is mostly its own error; a cooler draw of it keeps shapes cleaner but drops a
         digit's least likely edge cells frame after frame (measured: the digits erode, README).
-        ink_temperature / background: the temperature of the digit codes only (sample_logits)."""
+        ink_temperature / background: the temperature of the digit codes only (sample_logits).
+        guide_model, guide_scale != 1: autoguidance -- the logits are guide + scale * (self - guide), where the guide
+        is a weaker version of this model (an earlier checkpoint of its run: same vocabulary, grid, window and
+        labels; each model applies cfg_scale first), pushing the draw away from the errors the weaker model makes
+        more of (Karras et al. 2024, "Guiding a diffusion model with a bad version of itself"; contrastive decoding,
+        Li et al. 2023, for language models). The draw stays among this model's own top_k codes (contrastive
+        decoding's plausibility constraint): a code both models rule out is not revived by their difference."""
         def temp(length):
             return step_temperature(length, self.config.grid, temperature, later_temperature)
-        guide = y is not None and self.y_embed is not None and cfg_scale != 1.0
-        labels = torch.cat([y, self.null_label_like(y)]) if guide else y
+        cfg = y is not None and self.y_embed is not None and cfg_scale != 1.0
+        labels = torch.cat([y, self.null_label_like(y)]) if cfg else y
+        weak = guide_model if guide_model is not None and guide_scale != 1.0 else None
+        if weak is not None:
+            check_guide(self, weak)
 
-        def next_logits(x, start, caches=None):  # (B, V) logits of the last position, guided
-            history = seq if self.neighbours is not None else None
-            if guide:
+        def model_logits(model, x, start, caches):  # (B, V) logits of one model's last position, label-guided
+            history = seq if model.neighbours is not None else None
+            if cfg:
                 x, start = torch.cat([x, x]), torch.cat([start, start]) if torch.is_tensor(start) else start
                 history = None if history is None else torch.cat([history, history])
-            out = self(x, start=start, caches=caches, y=labels, history=history)[0][:, -1].float()
-            return cfg_guide(out, cfg_scale) if guide else out
+            out = model(x, start=start, caches=caches, y=labels, history=history)[0][:, -1].float()
+            return cfg_guide(out, cfg_scale) if cfg else out
+
+        def next_logits(x, start, caches=None):  # caches: (this model's, the guide's) or None
+            out = model_logits(self, x, start, None if caches is None else caches[0])
+            if weak is None:
+                return out
+            g = model_logits(weak, x, start, None if caches is None else caches[1])
+            return autoguide(out, g, guide_scale, top_k)
 
         seq = prompt
         bs, stride = self.config.block_size, self.config.context_stride
@@ -307,7 +324,7 @@ class GPT(ClassConditioned, nn.Module):
 
         def window():  # full forward of the current window (fresh caches when decoding with them)
             nonlocal caches
-            caches = [{"max": bs} for _ in self.blocks] if use_cache else None
+            caches = ([{"max": bs} for _ in self.blocks], [{"max": bs} for _ in (weak or self).blocks]) if use_cache else None
             return next_logits(seq[:, anchor:], anchor, caches)
 
         logits = window()
@@ -324,6 +341,26 @@ class GPT(ClassConditioned, nn.Module):
             else:
                 logits = window()
         return seq
+
+
+def check_guide(model: GPT, guide: GPT) -> None:
+    """A guide model must read and write the same tokens the same way as the model it guides."""
+    for key in ("vocab_size", "grid", "block_size", "context_stride", "context_dense", "num_classes"):
+        a, b = getattr(model.config, key), getattr(guide.config, key)
+        if a != b:
+            raise ValueError(f"the guide model's {key} is {b!r}, the model's {a!r}: a guide must be a weaker version of "
+                             f"the same model (e.g. an earlier checkpoint of its run)")
+
+
+def autoguide(logits: torch.Tensor, weak: torch.Tensor, scale: float, top_k: int | None) -> torch.Tensor:
+    """(B, V) logits of a model guided by a weaker one: weak + scale * (logits - weak), restricted to the model's
+    own top_k tokens (all finite ones when top_k is None), so only codes the model itself finds plausible compete."""
+    guided = weak + scale * (logits - weak)
+    keep = torch.isfinite(logits)
+    if top_k:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+        keep &= logits >= kth
+    return guided.masked_fill(~keep, -float("inf"))
 
 
 def _rename_legacy_positions(module, state_dict, prefix, *args):

@@ -60,6 +60,39 @@ def test_cached_sampling_stays_in_the_trained_window(monkeypatch):
         assert torch.allclose(seen[n - 3], ref, atol=1e-4), n
 
 
+def test_autoguidance_formula_keeps_the_models_own_top_k():
+    """guide + scale * (model - guide), among the model's top_k codes: a code both models rule out (index 3 here)
+    is not revived by their difference."""
+    from models.gpt import autoguide
+
+    logits, weak = torch.tensor([[2.0, 1.0, 0.0, -5.0]]), torch.tensor([[1.0, 1.0, 1.0, -10.0]])
+    assert torch.equal(autoguide(logits, weak, 2.0, None), torch.tensor([[3.0, 1.0, -1.0, 0.0]]))
+    assert torch.equal(autoguide(logits, weak, 2.0, 3), torch.tensor([[3.0, 1.0, -1.0, -float("inf")]]))
+
+
+def test_autoguided_sampling_cached_equals_recompute_and_a_guide_like_the_model_changes_nothing():
+    """Past the first window (re-anchored), autoguided sampling with KV caches for both models gives the tokens of
+    the uncached reference; a guide with the model's own weights leaves the draw exactly as unguided; a weaker guide
+    changes it; a guide of another shape is refused."""
+    from models.gpt import check_guide
+
+    m = tiny_gpt(grid=(3, 4, 4), block_size=8)
+    torch.manual_seed(1)
+    weak = GPT(m.config).eval()
+    prompt = torch.tensor([[32, 5, 7], [32, 2, 9]])
+
+    def draw(**kw):
+        return m.generate(prompt, 46, temperature=1.0, top_k=10, generator=torch.Generator().manual_seed(3), **kw)
+    plain = draw()
+    same = GPT(m.config).eval()
+    same.load_state_dict(m.state_dict())
+    assert torch.equal(draw(guide_model=same, guide_scale=3.0), plain)
+    a, b = draw(guide_model=weak, guide_scale=3.0), draw(guide_model=weak, guide_scale=3.0, use_cache=False)
+    assert a.shape == (2, 49) and torch.equal(a, b) and not torch.equal(a, plain)
+    with pytest.raises(ValueError, match="block_size"):
+        check_guide(m, tiny_gpt(grid=(3, 4, 4), block_size=12))
+
+
 def test_mamba_generation_stays_in_the_trained_window():
     """Mamba with positions and block_size 8: each prediction equals a parallel (training-mode) pass over its
     window from a zero state, past the first window too; the position of a window matters (start is used)."""
@@ -635,9 +668,11 @@ def test_class_conditional_gpt_script_and_prompted_sampling(tiny_stage_files, ti
                                     "--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--class_conditional",
                                     "--code_embeddings", "--prev_frames", "1", "--first_frame_windows", "0.5",
                                     "--input_noise", "0.1", "--later_temperature", "0.5", "--ink_temperature", "0.5",
-                                    "--label_modulation", "--output_dir", tmp_path,
+                                    "--label_modulation", "--checkpoint_every", "2", "--output_dir", tmp_path,
                                     "--run_name", "c"], tmp_path)
     ck = tmp_path / "train_latent_nanogpt/c/checkpoints/last.ckpt"
+    early = tmp_path / "train_latent_nanogpt/c/checkpoints/step0000002.ckpt"  # --checkpoint_every: kept besides best
+    assert early.exists() and (tmp_path / "train_latent_nanogpt/c/checkpoints/step0000004.ckpt").exists()
     state = torch.load(ck, weights_only=True)
     assert state["minisora"]["config"]["num_classes"] == 10 and state["minisora"]["config"]["prev_frames"] == 1
     assert state["minisora"]["config"]["label_modulation"] and "model.blocks.0.modulation.weight" in state["state_dict"]
@@ -652,10 +687,14 @@ def test_class_conditional_gpt_script_and_prompted_sampling(tiny_stage_files, ti
     assert state["minisora"]["config"]["code_dim"] == vectors.shape[1] and vectors[-1].abs().sum() == 0
     assert torch.allclose(vectors[:-1].std(0), torch.ones(vectors.shape[1]), atol=1e-3)
     out = run("sample.py", ["--checkpoint", ck, "--num_videos", 2, "--prompts", "3,7", "1", "--cfg_scale", 2,
-                            "--first_frame_candidates", 2, "--output_dir", tmp_path / "smp"], tmp_path)
-    assert (tmp_path / "smp/grid.gif").exists() and "2 videos" in out.stdout
+                            "--first_frame_candidates", 2, "--guide_checkpoint", early, "--guide_scale", 2,
+                            "--output_dir", tmp_path / "smp"], tmp_path)
+    assert (tmp_path / "smp/grid.gif").exists() and "2 videos" in out.stdout and "autoguided by" in out.stdout
+    bad = run("sample.py", ["--checkpoint", ck, "--num_videos", 1, "--guide_scale", 2], tmp_path, ok=False)
+    assert bad.returncode != 0 and "--guide_scale needs --guide_checkpoint" in bad.stderr
     ev = run("evaluate.py", ["--dataset", "tiny", "--data_dir", tiny_data, "--checkpoint", ck, "--continuation", 4,
-                             "--continuation_cfg", 2, "--resolution", 32, "--sequence_length", 8, "--num_videos", 0,
+                             "--continuation_cfg", 2, "--guide_checkpoint", early, "--guide_scale", 2,
+                             "--resolution", 32, "--sequence_length", 8, "--num_videos", 0,
                              "--num_fmd", 4, "--feature_steps", 5, "--cache_dir", tmp_path / "ev",
                              "--output", tmp_path / "ev.json"], tmp_path)
     assert "continuations prompted with the digits read in their given frames" in ev.stdout
