@@ -356,11 +356,16 @@ def autoguide(logits: torch.Tensor, weak: torch.Tensor, scale: float, top_k: int
     """(B, V) logits of a model guided by a weaker one: weak + scale * (logits - weak), restricted to the model's
     own top_k tokens (all finite ones when top_k is None), so only codes the model itself finds plausible compete."""
     guided = weak + scale * (logits - weak)
-    keep = torch.isfinite(logits)
+    drop = ~torch.isfinite(logits)
     if top_k:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
-        keep &= logits >= kth
-    return guided.masked_fill(~keep, -float("inf"))
+        drop |= outside_top_k(logits, top_k)
+    return guided.masked_fill(drop, -float("inf"))
+
+
+def outside_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, V) bool: the tokens below each row's k-th largest logit (what top-k sampling drops)."""
+    kth = torch.topk(logits, min(k, logits.shape[-1])).values[:, -1:]
+    return logits < kth
 
 
 def _rename_legacy_positions(module, state_dict, prefix, *args):
@@ -395,8 +400,7 @@ def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
         return logits.argmax(-1, keepdim=True)
     logits = logits / temperature
     if top_k:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, -float("inf"))
+        logits = logits.masked_fill(outside_top_k(logits, top_k), -float("inf"))
     if top_p is not None and top_p < 1.0:
         srt, order = torch.sort(logits, descending=True)
         cum = srt.softmax(-1).cumsum(-1)
