@@ -179,7 +179,9 @@ def main(argv=None):
         vae = load_vae(a.vae, device)
         x = to_model_range(torch.from_numpy(real_val).permute(0, 4, 1, 2, 3))
         with torch.no_grad():
-            rec = torch.cat([vae.decode(vae.encode(x[i:i + 8].to(device))).float().cpu() for i in range(0, len(x), 8)])
+            def recon(v):  # tokenizers through their tokens (motion tokens included), others through their latents
+                return vae.decode_codes(vae.encode_codes(v)) if vae.quantize else vae.decode(vae.encode(v))
+            rec = torch.cat([recon(x[i:i + 8].to(device)).float().cpu() for i in range(0, len(x), 8)])
         sets["vae reconstruction"] = np.stack([to_uint8_frames(v) for v in rec])
         extra["vae reconstruction"] = {"colour_error": colour_error(real_val, sets["vae reconstruction"]),
                                        "PSNR": float(psnr(rec, x).mean()), "SSIM": float(ssim(rec, x).mean())}

@@ -71,6 +71,9 @@ def main(argv=None):
                    prev_frames=a.prev_frames, prev_radius=a.prev_radius, same_frame=a.same_frame,
                    label_modulation=a.label_modulation)
         codebook = None
+        if a.code_embeddings and vae.config.get("motion_radius"):
+            raise ValueError(f"--code_embeddings start the embeddings from the codebook, but {a.tokens_input_file} holds "
+                             f"motion tokens beside the codes (tokenize_videos.py --motion_tokens): drop the flag")
         if a.code_embeddings:  # (n_codes, E): every code's vector in the tokenizer's latent space
             codebook = vae.module.quantizer.codebook.float().cpu()  # VQ: the EMA codebook; FSQ: its level grid
             cfg["code_dim"] = codebook.shape[1]

@@ -46,6 +46,11 @@ def add_args(p: argparse.ArgumentParser, kind: str) -> None:
                        help="VQ tokenizers: switch off every code closer than D (codebook distance) to a more used one "
                             "before tokenizing (near-duplicate codes merged: codes persist where content does not "
                             "change; see bench/bench_tokens.py --merge). Saved as <output>.vae.ckpt, like --temporal_padding")
+        p.add_argument("--motion_tokens", type=int, default=None, metavar="R",
+                       help="per-frame tokenizers: code only the first frame, then every cell of each later frame as a "
+                            "motion vector (|dy|, |dx| <= R px) of the previous decoded frame's block: tokens n_codes + "
+                            "0..(2R+1)^2-1 (README section 3, \"Motion tokens\"; R=5 covers the demo data's <= 4.9 "
+                            "px/frame). Saved as <output>.vae.ckpt, like --temporal_padding")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--num_workers", type=int, default=2)
     p.add_argument("--decode", type=int, default=0, metavar="N",
@@ -83,15 +88,16 @@ def run(a, kind: str) -> Path:
         sys.exit(f"error: {e}")
     ds.on_error = "raise"  # past the probe, rows must stay aligned with ds.files: a file that fails to decode stops
     out = Path(a.output) if a.output else default_output(a, vae, kind)
-    merge = getattr(a, "merge_codes", None)
-    if a.temporal_padding or merge:
+    merge, motion = getattr(a, "merge_codes", None), getattr(a, "motion_tokens", None)
+    if a.temporal_padding or merge or motion is not None:
         try:
-            vae = derive_vae(vae, out.with_suffix(".vae.ckpt"), a.temporal_padding, merge)
+            vae = derive_vae(vae, out.with_suffix(".vae.ckpt"), a.temporal_padding, merge, motion)
         except ValueError as e:
             sys.exit(f"error: {e}")
         print(f"[{kind}] encoding with {vae.reference}: temporal padding {vae.config.get('temporal_padding')}" + (
-            f", codes closer than {merge} merged ({int(vae.module.quantizer.active.sum())} of {vae.n_codes} active)"
-            if merge else ""))
+            f", codes closer than {merge} merged ({int(vae.module.quantizer.active.sum())} of "
+            f"{vae.config['n_codes']} active)" if merge else "") + (
+            f", motion tokens after the first frame (radius {motion}: {vae.n_codes} tokens)" if motion else ""))
     if out.exists():
         print(f"[{kind}] {out} exists; delete it to recompute")
     else:
@@ -110,6 +116,7 @@ def run(a, kind: str) -> Path:
                 "scaling_factor": vae.scaling_factor, "args": vars(a)}
         if kind == "tokens":
             meta["n_codes"], meta["quantizer"] = vae.n_codes, vae.config.get("quantizer", "vq")
+            meta["motion_radius"] = vae.config.get("motion_radius", 0)
         writer = StageWriter(out, shape, dtype, meta)
         if writer.rows_done:
             print(f"[{kind}] resuming {out}: {writer.rows_done}/{len(ds)} rows already written")

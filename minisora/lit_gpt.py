@@ -117,6 +117,9 @@ class LitLM(L.LightningModule):
         top_k = h.top_k if top_k is None else (top_k or None)
         top_p = h.top_p if top_p is None else (top_p if top_p < 1 else None)
         grid = tuple(h.grid)
+        # motion tokenizers (models.vqvae): codes in the first latent frame, motion tokens after it
+        vcfg = self.vae.config if self.vae is not None else {}
+        split = vcfg["n_codes"] if vcfg.get("motion_radius") else None
         bos = torch.full((n, 1), h.n_codes, dtype=torch.long, device=self.device)
         prompt = bos if prompt_codes is None else torch.cat([bos, prompt_codes.reshape(n, -1).long().to(self.device)], 1)
         total = math.prod(grid) + 1
@@ -128,7 +131,7 @@ class LitLM(L.LightningModule):
             def draw(start, new, labels):
                 kw = dict(y=labels, cfg_scale=cfg_scale) if labels is not None else {}
                 return self.model.generate(start, new, temperature, top_k, top_p, use_cache=use_cache, allowed=h.n_codes,
-                                           generator=g, later_temperature=later_temperature, **ink, **auto, **kw)
+                                           first_frame_tokens=split, generator=g, later_temperature=later_temperature, **ink, **auto, **kw)
             if first_frame_candidates > 1 and prompt_codes is None:
                 self._scoring_classes()  # before drawing anything
                 k, frame = first_frame_candidates, grid[1] * grid[2]

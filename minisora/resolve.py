@@ -179,7 +179,7 @@ class VAEHandle:
         if not self.quantize:
             raise ValueError(f"{self.reference} does not quantize (variant {self.config.get('variant')}); "
                              f"tokens need a VQ variant such as s8_b or s4t4_b_vq")
-        return self.module.encode(video)["codes"]
+        return self.module.encode_tokens(video)
 
     @torch.no_grad()
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
@@ -231,22 +231,25 @@ def load_vae(ref: str, device: str | torch.device = "cpu") -> VAEHandle:
     model.eval()
     cfg = model.config
     return VAEHandle(model, "project", ref, model_id(ref), cfg.embedding_dim, cfg.temporal_stride,
-                     cfg.spatial_stride, 1.0, cfg.quantize, cfg.n_codes if cfg.quantize else None,
+                     cfg.spatial_stride, 1.0, cfg.quantize, cfg.n_tokens if cfg.quantize else None,
                      config=cfg.to_dict()).to(device)
 
 
 def derive_vae(vae: VAEHandle, path: str | os.PathLike, temporal_padding: str | None = None,
-               merge_codes: float | None = None) -> VAEHandle:
-    """A copy of a project VAE with its temporal padding changed and/or its near-duplicate codes merged
-    (VectorQuantizer.merge_near_duplicates), saved as a VAE checkpoint at `path` and loaded from there, so the
-    stage files it makes name a VAE that reproduces them. Both change only how clips are encoded (and, for the
-    padding, decoded); no weight changes."""
+               merge_codes: float | None = None, motion_radius: int | None = None) -> VAEHandle:
+    """A copy of a project VAE with its temporal padding changed, its near-duplicate codes merged
+    (VectorQuantizer.merge_near_duplicates) and/or motion tokens after the first frame (models.vqvae: motion_radius),
+    saved as a VAE checkpoint at `path` and loaded from there, so the stage files it makes name a VAE that
+    reproduces them. Each changes only how clips are encoded and decoded; no weight changes."""
     if vae.kind != "project":
-        raise ValueError(f"--temporal_padding / --merge_codes change a MiniSora VAE; {vae.reference} is {vae.kind}")
-    cfg = {**vae.config, **({"temporal_padding": temporal_padding} if temporal_padding else {})}
+        raise ValueError(f"--temporal_padding / --merge_codes / --motion_tokens change a MiniSora VAE; "
+                         f"{vae.reference} is {vae.kind}")
+    cfg = {**vae.config, **({"temporal_padding": temporal_padding} if temporal_padding else {}),
+           **({"motion_radius": motion_radius} if motion_radius is not None else {})}
     model = build_model("vae", cfg).to(vae.device)
     model.load_state_dict(vae.module.state_dict())
-    derived = {"from": vae.reference, "temporal_padding": cfg.get("temporal_padding", "zeros")}
+    derived = {"from": vae.reference, "temporal_padding": cfg.get("temporal_padding", "zeros"),
+               "motion_radius": cfg.get("motion_radius", 0)}
     if merge_codes:
         if not (cfg.get("quantize") and cfg.get("quantizer", "vq") == "vq"):
             raise ValueError(f"--merge_codes needs a VQ tokenizer (an EMA codebook); {vae.reference} has none")

@@ -265,12 +265,13 @@ class GPT(ClassConditioned, nn.Module):
                  generator: torch.Generator | None = None, y: torch.Tensor | None = None,
                  cfg_scale: float = 1.0, later_temperature: float | None = None, ink_temperature: float | None = None,
                  background: torch.Tensor | None = None, guide_model: "GPT | None" = None,
-                 guide_scale: float = 1.0) -> torch.Tensor:
+                 guide_scale: float = 1.0, first_frame_tokens: int | None = None) -> torch.Tensor:
         """Continue `prompt` (B, L0), whose first token is sequence position 0 (BOS). Each prediction reads a
         training-like window of at most block_size tokens (re-anchored to its last half when full); with
         use_cache its keys are cached (amortised constant cost per token), without it every step recomputes
         the window (the reference: the same windows, the same logits). `allowed` restricts sampling to
-        tokens < allowed (codes). y (B, num_classes): label prompts of a class-conditional model; cfg_scale
+        tokens < allowed (codes); with first_frame_tokens F (motion tokenizers, models.vqvae), the first latent frame
+        draws codes < F and the later frames motion tokens F..allowed-1 (`step_allowed`). y (B, num_classes): label prompts of a class-conditional model; cfg_scale
         != 1 guides the logits, uncond + scale * (cond - uncond), with a null-label twin of the batch.
         later_temperature: the temperature of codes after the first latent frame (None: `temperature`). Once a
         frame is drawn, the next ones are nearly determined by it (constant motion), so the spread of the model's
@@ -285,6 +286,9 @@ class GPT(ClassConditioned, nn.Module):
         decoding's plausibility constraint): a code both models rule out is not revived by their difference."""
         def temp(length):
             return step_temperature(length, self.config.grid, temperature, later_temperature)
+
+        def vocab(length):
+            return step_allowed(length, self.config.grid, allowed, first_frame_tokens)
         cfg = y is not None and self.y_embed is not None and cfg_scale != 1.0
         labels = torch.cat([y, self.null_label_like(y)]) if cfg else y
         weak = guide_model if guide_model is not None and guide_scale != 1.0 else None
@@ -312,7 +316,8 @@ class GPT(ClassConditioned, nn.Module):
             for _ in range(max_new_tokens):
                 pos = torch.tensor(context_positions(seq.shape[1], bs, stride, self.config.context_dense), device=seq.device)
                 logits = next_logits(seq[:, pos], pos.expand(len(seq), -1))
-                seq = torch.cat([seq, sample_logits(logits, temp(seq.shape[1]), top_k, top_p, allowed, generator, ink_temperature, background)], 1)
+                seq = torch.cat([seq, sample_logits(logits, temp(seq.shape[1]), top_k, top_p, vocab(seq.shape[1]), generator,
+                                                    ink_temperature, background)], 1)
             return seq
         # Dense context: every prediction reads a window [anchor, now) of at most block_size tokens whose keys
         # were all computed inside that same window -- exactly a training window. When the window is full it
@@ -329,7 +334,8 @@ class GPT(ClassConditioned, nn.Module):
 
         logits = window()
         for _ in range(max_new_tokens):
-            nxt = sample_logits(logits, temp(seq.shape[1]), top_k, top_p, allowed, generator, ink_temperature, background)
+            nxt = sample_logits(logits, temp(seq.shape[1]), top_k, top_p, vocab(seq.shape[1]), generator, ink_temperature,
+                                background)
             seq = torch.cat([seq, nxt], 1)
             if seq.shape[1] - prompt.shape[1] >= max_new_tokens:
                 break
@@ -383,10 +389,18 @@ def step_temperature(length: int, grid, temperature: float, later_temperature: f
     return later_temperature if later else temperature
 
 
+def step_allowed(length: int, grid, allowed: int | None, first_frame_tokens: int | None = None):
+    """The tokens sampled at sequence position `length` (as step_temperature): tokens < `allowed` (None: all); with
+    `first_frame_tokens` F (a motion tokenizer's codes), the range [0, F) in the first latent frame, [F, allowed) after."""
+    if first_frame_tokens is None or grid is None:
+        return allowed
+    return (0, first_frame_tokens) if length - 1 < grid[1] * grid[2] else (first_frame_tokens, allowed)
+
+
 def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                  allowed: int | None = None, generator: torch.Generator | None = None,
+                  allowed: int | tuple[int, int] | None = None, generator: torch.Generator | None = None,
                   ink_temperature: float | None = None, background: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, V) logits -> (B, 1) sampled tokens. temperature 0 = greedy.
+    """(B, V) logits -> (B, 1) sampled tokens. temperature 0 = greedy. allowed: tokens < allowed, or a (lo, hi) range.
 
     ink_temperature (with `background`, a (V,) bool mask of the codes that decode to empty cells): whether the
     token is a background code is drawn with the plain distribution's odds (so a digit keeps the ink the model
@@ -394,8 +408,10 @@ def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
     among the codes top-k / top-p kept. A cooler draw of the whole distribution instead hands the uncertain edge
     cells of a digit to the background code, frame after frame (the digits erode; README)."""
     if allowed is not None:
+        lo, hi = (0, allowed) if isinstance(allowed, int) else allowed
         logits = logits.clone()
-        logits[:, allowed:] = -float("inf")
+        logits[:, hi:] = -float("inf")
+        logits[:, :lo] = -float("inf")
     if temperature == 0:
         return logits.argmax(-1, keepdim=True)
     logits = logits / temperature

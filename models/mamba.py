@@ -185,14 +185,15 @@ class MambaLM(ClassConditioned, nn.Module):
     @torch.no_grad()
     def generate(self, prompt, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True, allowed=None,
                  generator=None, y=None, cfg_scale: float = 1.0, later_temperature: float | None = None,
-                 ink_temperature: float | None = None, background: torch.Tensor | None = None):
+                 ink_temperature: float | None = None, background: torch.Tensor | None = None,
+                 first_frame_tokens: int | None = None):
         """Recurrent generation (each new token costs O(1)). With config.block_size, every prediction reads a
         window of at most block_size tokens fed from a zero state, as in training: when the window is full it
         restarts from its last half (block_size // 2 tokens fed again). use_cache is accepted for the GPT
         interface (the recurrent state is the cache). y / cfg_scale / later_temperature / ink_temperature / background:
         label prompts, guidance on the logits, the temperature past the first latent frame and of the digit codes,
-        as models.gpt.GPT.generate."""
-        from models.gpt import sample_logits, step_temperature
+        first_frame_tokens: the motion tokenizers' vocabulary split, as models.gpt.GPT.generate."""
+        from models.gpt import sample_logits, step_allowed, step_temperature
 
         guide = y is not None and self.y_embed is not None and cfg_scale != 1.0
         labels = torch.cat([y, self.null_label_like(y)]) if guide else y
@@ -213,7 +214,8 @@ class MambaLM(ClassConditioned, nn.Module):
         logits, states = window()
         for _ in range(max_new_tokens):
             nxt = sample_logits(logits, step_temperature(seq.shape[1], self.config.grid, temperature, later_temperature),
-                                top_k, top_p, allowed, generator, ink_temperature, background)
+                                top_k, top_p, step_allowed(seq.shape[1], self.config.grid, allowed, first_frame_tokens),
+                                generator, ink_temperature, background)
             seq = torch.cat([seq, nxt], 1)
             if bs and reanchor(seq.shape[1], anchor, bs) != anchor:
                 anchor = reanchor(seq.shape[1], anchor, bs)

@@ -3,6 +3,12 @@
     x (B, 3, T, H, W) in [-1, 1]  --encoder-->  z (B, E, T/ts, H/ss, W/ss)  --decoder-->  recon
     VQ models also give int64 tokens (B, T/ts, H/ss, W/ss) in [0, n_codes).
 
+Motion tokens (`motion_radius` R > 0, per-frame tokenizers): only the first frame is coded by the quantizer;
+every later frame is a grid of cell motion vectors, tokens n_codes + k (k indexes the (2R+1)^2 integer
+displacements): each cell of frame t is the same-sized block of decoded frame t-1 moved by that vector
+(`match_cells` / `warp_cells`: a keyframe plus block motion, as video codecs and Video-LaVIT code video).
+A digit that moves keeps its shape and colour, and its cells keep one token while its velocity holds.
+
 The encoder is a stack of levels; each level has `num_res_blocks` ResBlock3d's and then
 (except the last) a stride-2 downsample along the axes whose stride is not yet reached.
 The decoder mirrors it with sub-pixel (depth-to-space) upsampling.
@@ -45,6 +51,12 @@ class VAEConfig:
     ema_decay: float = 0.99
     low_utilization_cost: float = 0.0
     in_channels: int = 3
+    motion_radius: int = 0            # > 0: frames after the first are cell motion tokens, |dy|, |dx| <= this
+
+    @property
+    def n_tokens(self) -> int:
+        """Size of the token vocabulary: the codes, then the motion tokens (motion_radius > 0)."""
+        return self.n_codes + ((2 * self.motion_radius + 1) ** 2 if self.motion_radius else 0)
 
     def __post_init__(self):
         self.channels = tuple(int(c) for c in self.channels)
@@ -58,6 +70,11 @@ class VAEConfig:
                 raise ValueError(f"FSQ quantizes each latent channel to its own levels: embedding_dim "
                                  f"{self.embedding_dim} must equal len(fsq_levels {list(self.fsq_levels)}), all >= 2")
             self.quantize, self.n_codes = True, math.prod(self.fsq_levels)
+        if self.motion_radius < 0:
+            raise ValueError(f"motion_radius must be >= 0, got {self.motion_radius}")
+        if self.motion_radius and not (self.quantize and self.temporal_stride == 1):
+            raise ValueError(f"motion tokens need a per-frame quantizing tokenizer (temporal_stride 1, VQ/FSQ); got "
+                             f"temporal_stride {self.temporal_stride}, quantize {self.quantize}")
         if self.res_blocks is not None:
             self.res_blocks = tuple(int(n) for n in self.res_blocks)
             if len(self.res_blocks) != len(self.channels):
@@ -162,6 +179,63 @@ def make_config(variant: str, **overrides) -> VAEConfig:
     if variant not in PRESETS:
         raise ValueError(f"unknown VAE variant {variant!r}; valid: {', '.join(PRESETS)}")
     return VAEConfig(variant=variant, **{**PRESETS[variant], **overrides})
+
+
+# ---------------------------------------------------------------------------- motion tokens
+def motion_offsets(radius: int, device=None) -> torch.Tensor:
+    """(K, 2) integer displacements (dy, dx), |dy|, |dx| <= radius, row-major: index K // 2 is (0, 0)."""
+    r = torch.arange(-radius, radius + 1, device=device)
+    return torch.stack(torch.meshgrid(r, r, indexing="ij"), -1).reshape(-1, 2)
+
+
+def shifted_frames(prev: torch.Tensor, radius: int) -> torch.Tensor:
+    """prev (B, C, H, W) -> (K, B, C, H, W): out[k][..., y, x] = prev[..., y - dy_k, x - dx_k], black (-1) outside."""
+    H, W = prev.shape[-2:]
+    p = F.pad(prev, (radius,) * 4, value=-1.0)
+    return torch.stack([p[..., radius - dy:radius - dy + H, radius - dx:radius - dx + W]
+                        for dy, dx in motion_offsets(radius).tolist()])
+
+
+def _cells(x: torch.Tensor, cell: int) -> torch.Tensor:
+    """(..., C, H, W) -> (..., H/cell, W/cell): sums over each cell's pixels and channels."""
+    return rearrange(x, "... c (h p) (w q) -> ... h w (c p q)", p=cell, q=cell).sum(-1)
+
+
+def warp_cells(prev: torch.Tensor, vectors: torch.Tensor, cell: int, radius: int,
+               shifted: torch.Tensor | None = None) -> torch.Tensor:
+    """The next frame of `prev` (B, C, H, W): cell (i, j) is prev's cell-sized block displaced by motion vector
+    vectors[b, i, j] (an index into motion_offsets(radius)). `shifted`: shifted_frames(prev, radius), if at hand."""
+    s = shifted_frames(prev, radius) if shifted is None else shifted
+    K, B, C, H, W = s.shape
+    idx = vectors.long().clamp(0, K - 1).repeat_interleave(cell, 1).repeat_interleave(cell, 2)
+    return s.gather(0, idx[None, :, None].expand(1, B, C, H, W))[0]
+
+
+def match_cells(prev: torch.Tensor, cur: torch.Tensor, cell: int, radius: int, ink_level: float = -0.6,
+                smoothness: float = 0.01, tolerance: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block motion from decoded frame `prev` to frame `cur` (B, C, H, W, in [-1, 1]) -> (vectors (B, H/cell,
+    W/cell), warp_cells(prev, vectors)), chosen for a next-token model to predict, not only to reconstruct: each
+    cell's best displacement (squared error + `smoothness` * |v|^2, so ties go to small moves); then the displacement
+    most inked cells within 2 cells chose, where it is within `tolerance` of the cell's best (a digit's cells share
+    its velocity); cells with no ink (brightest channel > `ink_level`) in either frame, or next to it, keep (0, 0)."""
+    s = shifted_frames(prev, radius)
+    k = len(s)
+    err = _cells((s - cur[None]) ** 2, cell)  # (K, B, h, w)
+    cost = err + smoothness * (motion_offsets(radius, err.device) ** 2).sum(1).to(err.dtype).view(k, 1, 1, 1)
+    best = cost.argmin(0)
+
+    def ink(x):
+        return F.max_pool2d(x.amax(1, keepdim=True), cell)[:, 0] > ink_level
+
+    ink_now = ink(cur)
+    votes = F.one_hot(best, k).permute(0, 3, 1, 2).to(err.dtype) * ink_now[:, None]
+    votes = F.avg_pool2d(votes, 5, 1, 2, count_include_pad=False)
+    common = votes.argmax(1)
+    agree = (votes.amax(1) > 0) & (err.gather(0, common[None])[0] <= err.gather(0, best[None])[0] + tolerance)
+    v = torch.where(agree, common, best)
+    near_ink = F.max_pool2d((ink_now | ink(prev)).to(err.dtype)[:, None], 3, 1, 1)[:, 0] > 0
+    v = torch.where(near_ink, v, torch.full_like(v, k // 2))
+    return v, warp_cells(prev, v, cell, radius, s)
 
 
 # ---------------------------------------------------------------------------- quantizer
@@ -535,8 +609,34 @@ class VideoVAE(nn.Module):
         return self.decoder(z)
 
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        """Tokens (B, t, h, w) -> video."""
-        return self.decoder(self.quantizer.codes_to_vectors(codes))
+        """Tokens (B, t, h, w) -> video. Motion tokenizers: the first frame's codes are decoded, each later frame
+        is the one before moved cell by cell (a code where a motion token belongs moves nothing; a motion token
+        in the first frame decodes as code 0)."""
+        c = self.config
+        if not c.motion_radius:
+            return self.decoder(self.quantizer.codes_to_vectors(codes))
+        first = codes[:, :1].masked_fill(codes[:, :1] >= c.n_codes, 0)
+        frames = [self.decoder(self.quantizer.codes_to_vectors(first))[:, :, 0].float().clamp(-1, 1)]
+        still = (2 * c.motion_radius + 1) ** 2 // 2
+        for t in range(1, codes.shape[1]):
+            v = codes[:, t] - c.n_codes
+            frames.append(warp_cells(frames[-1], v.masked_fill(v < 0, still), c.spatial_stride, c.motion_radius))
+        return torch.stack(frames, 2)
+
+    def encode_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Video (B, 3, T, H, W) -> tokens (B, t, h, w): the codes; with motion tokens, the first frame's codes (the
+        frame coded alone, as a still) and then each frame's motion from the previous decoded one (`match_cells`:
+        closed loop, so errors do not build up)."""
+        c = self.config
+        if not c.motion_radius:
+            return self.encode(x)["codes"]
+        first = self.encode(x[:, :, :1])["codes"]
+        prev = self.decoder(self.quantizer.codes_to_vectors(first))[:, :, 0].float().clamp(-1, 1)
+        out = [first[:, 0]]
+        for t in range(1, x.shape[2]):
+            v, prev = match_cells(prev, x[:, :, t].float(), c.spatial_stride, c.motion_radius)
+            out.append(v + c.n_codes)
+        return torch.stack(out, 1)
 
     @torch.no_grad()
     def load_autoencoder(self, state: dict) -> None:

@@ -436,6 +436,23 @@ def test_later_temperature_applies_past_the_first_latent_frame(kind):
     assert torch.equal(same[:, :17], out[:, :17]) and not torch.equal(same, out)  # default: one temperature
 
 
+@pytest.mark.parametrize("kind", ["gpt", "mamba"])
+def test_motion_tokenizers_draw_codes_first_then_motion_tokens(kind):
+    """first_frame_tokens F: the first latent frame (16 cells of a (2, 4, 4) grid) draws only codes < F, the later
+    frames only motion tokens F..allowed-1, whatever a random model's logits prefer."""
+    from models.gpt import step_allowed
+    assert step_allowed(5, (2, 4, 4), 32) == 32 and step_allowed(5, (2, 4, 4), 32, 20) == (0, 20)
+    assert step_allowed(16, (2, 4, 4), 32, 20) == (0, 20) and step_allowed(17, (2, 4, 4), 32, 20) == (20, 32)
+    logits = torch.zeros(2, 33)
+    logits[:, 3] = 50.0  # the model's favourite lies outside the range
+    assert ((sample_logits(logits, 1.0, allowed=(20, 32)) >= 20) & (sample_logits(logits, 1.0, allowed=(20, 32)) < 32)).all()
+    m = tiny_gpt(block_size=40) if kind == "gpt" else MambaLM(MambaConfig(
+        vocab_size=33, d_model=16, n_layer=2, grid=(2, 4, 4), block_size=40, use_kernels=False)).eval()
+    out = m.generate(torch.full((4, 1), 32), 32, allowed=32, first_frame_tokens=20,
+                     generator=torch.Generator().manual_seed(0))[:, 1:]
+    assert int(out[:, :16].max()) < 20 and int(out[:, 16:].min()) >= 20 and int(out.max()) < 32
+
+
 def test_loss_falls_on_tiny_overfit():
     m = tiny_gpt().train()
     x = torch.randint(0, 32, (4, 12))
@@ -701,3 +718,41 @@ def test_class_conditional_gpt_script_and_prompted_sampling(tiny_stage_files, ti
     cont = json.loads((tmp_path / "ev.json").read_text())["continuation"]
     assert set(cont) == {"model", "copy last given frame", "real"} and len(cont["model"]["psnr_per_frame"]) == 4
     assert cont["real"]["SSIM"] > 0.999 and cont["copy last given frame"]["mean_speed_px"] < cont["real"]["mean_speed_px"]
+
+
+def test_motion_tokens_through_tokenize_gpt_sample_and_continuation(tiny_data, tmp_path):
+    """tokenize_videos.py --motion_tokens on a per-frame tokenizer writes codes then motion tokens (vocabulary and
+    derived tokenizer recorded); the GPT trains on them, sample.py draws codes first and motion after (decoded by
+    the tokenizer the sidecar names) and evaluate.py scores continuations (the given frames re-coded alone)."""
+    from minisora.stagefile import load_stage
+    runs = tmp_path / "runs"
+    run("train_vqvae.py", ["--dataset", "tiny", "--data_dir", tiny_data, "--output_dir", runs, "--resolution", 32,
+                           "--sequence_length", 8, "--epochs", 1, "--limit_train_batches", 2, "--limit_val_batches", 0,
+                           "--channels", 8, 8, 8, "--n_codes", 64, "--num_workers", 0, "--log_videos_every", 0,
+                           "--network_variant", "s4t1_m_vq", "--run_name", "pf"], tmp_path)
+    tok = tmp_path / "mv.npy"
+    common = ["--dataset", "tiny", "--data_dir", tiny_data, "--resolution", 32, "--sequence_length", 8,
+              "--num_workers", 0, "--batch_size", 4]
+    out = run("tokenize_videos.py", [*common, "--vae", runs / "train_vqvae/pf/checkpoints/last.ckpt",
+                                     "--motion_tokens", 2, "--output", tok, "--decode", 1], tmp_path)
+    assert "motion tokens after the first frame (radius 2: 89 tokens)" in out.stdout and "PSNR" in out.stdout
+    arr, meta = load_stage(tok, expect_kind="tokens")
+    assert arr.shape == (12, 8, 8, 8) and meta["n_codes"] == 64 + 25 and meta["motion_radius"] == 2
+    assert int(arr[:, 0].max()) < 64 and int(arr[:, 1:].min()) >= 64 and int(arr.max()) < 89
+    assert meta["vae"]["reference"] == str(tok.with_suffix(".vae.ckpt"))
+    bad = run("train_latent_nanogpt.py", ["--tokens_input_file", tok, *TINY_LM, "--code_embeddings"], tmp_path, ok=False)
+    assert bad.returncode != 0 and "motion tokens" in bad.stderr
+    run("train_latent_nanogpt.py", ["--tokens_input_file", tok, *TINY_LM, "--block_size", "64", "--n_layer", "1",
+                                    "--n_head", "2", "--n_embd", "32", "--class_conditional", "--prev_frames", "1",
+                                    "--output_dir", tmp_path, "--run_name", "m"], tmp_path)
+    ck = tmp_path / "train_latent_nanogpt/m/checkpoints/last.ckpt"
+    from minisora.generate import load_generator
+    codes = load_generator(str(ck)).sample_codes(2, seed=1)
+    assert codes.shape == (2, 8, 8, 8) and int(codes[:, 0].max()) < 64 and int(codes[:, 1:].min()) >= 64
+    run("sample.py", ["--checkpoint", ck, "--num_videos", 2, "--output_dir", tmp_path / "smp"], tmp_path)
+    assert (tmp_path / "smp/grid.gif").exists()
+    run("evaluate.py", ["--dataset", "tiny", "--data_dir", tiny_data, "--checkpoint", ck, "--continuation", 2,
+                        "--resolution", 32, "--sequence_length", 8, "--num_videos", 2, "--num_fmd", 2,
+                        "--feature_steps", 5, "--cache_dir", tmp_path / "ev", "--output", tmp_path / "ev.json"], tmp_path)
+    cont = json.loads((tmp_path / "ev.json").read_text())["continuation"]
+    assert len(cont["model"]["psnr_per_frame"]) == 6

@@ -438,3 +438,55 @@ def test_warm_start_per_frame_tokenizer_from_temporally_strided_vae():
         s1 = dst.encoder.conv_in(rearrange(still, "b c t (h h2) (w w2) -> b (c h2 w2) t h w", h2=2, w2=2))
     assert torch.allclose(s4[:, :, 3], s1[:, :, 6], atol=1e-5)
     assert dst.decode(dst.encode(still)["z"]).shape == still.shape
+
+
+def _moving_square(T=6, size=32, v=(2, -3), start=(8, 18)):
+    """(1, 3, T, size, size) in [-1, 1]: a textured 6x5 block (a stroke has no flat interior that any small
+    move matches) moving by v px per frame on black."""
+    x = -torch.ones(1, 3, T, size, size)
+    block = torch.rand(3, 6, 5, generator=torch.Generator().manual_seed(0)) * 1.2 - 0.2
+    for t in range(T):
+        y0, x0 = start[0] + v[0] * t, start[1] + v[1] * t
+        x[0, :, t, y0:y0 + 6, x0:x0 + 5] = block
+    return x
+
+
+def test_block_motion_recovers_a_moving_block_exactly():
+    from models.vqvae import match_cells, motion_offsets, warp_cells
+    x, R, cell = _moving_square(), 3, 4
+    offsets = motion_offsets(R)
+    assert offsets.shape == (49, 2) and offsets[49 // 2].tolist() == [0, 0]
+    prev = x[:, :, 0]
+    for t in range(1, x.shape[2]):
+        v, prev = match_cells(prev, x[:, :, t], cell, R)
+        assert torch.equal(prev, x[:, :, t])  # the warped previous frame is the next frame, exactly
+        assert torch.equal(warp_cells(x[:, :, t - 1], v, cell, R), x[:, :, t])
+        ink = F.max_pool2d(x[:, :, t].amax(1, keepdim=True), cell)[:, 0] > -0.6
+        assert (offsets[v[ink]] == torch.tensor([2, -3])).all()  # the block's cells carry its velocity
+        far = F.max_pool2d((ink | (F.max_pool2d(x[:, :, t - 1].amax(1, keepdim=True), cell)[:, 0] > -0.6)).float(),
+                           3, 1, 1)[0] == 0
+        assert (v[0][far] == 49 // 2).all() and far.sum() > 20  # empty cells away from it keep (0, 0)
+
+
+def test_motion_tokens_encode_decode_and_config():
+    from models.vqvae import VAEConfig
+    cfg = make_config("s4t1_m_vq", channels=(8, 8, 8), n_codes=64, motion_radius=3)
+    assert cfg.n_tokens == 64 + 49 and VAEConfig.from_dict(cfg.to_dict()).motion_radius == 3
+    with pytest.raises(ValueError, match="per-frame quantizing"):
+        make_config("s4t4_m_vq", motion_radius=3)
+    model = VideoVAE(cfg).eval()
+    x = _moving_square()
+    with torch.no_grad():
+        tok = model.encode_tokens(x)
+        assert tok.shape == (1, 6, 8, 8) and int(tok[:, 0].max()) < 64 and int(tok[:, 1:].min()) >= 64
+        assert torch.equal(tok[:, 0], model.encode(x[:, :, :1])["codes"][:, 0])  # the first frame coded alone
+        video = model.decode_codes(tok)
+        first = model.decoder(model.quantizer.codes_to_vectors(tok[:, :1])).clamp(-1, 1)
+        assert video.shape == x.shape and torch.allclose(video[:, :, :1], first)
+        still = tok.clone()
+        still[:, 1:] = 64 + 49 // 2  # every cell (0, 0): the first frame held
+        held = model.decode_codes(still)
+        assert torch.allclose(held, held[:, :, :1].expand_as(held))
+        plain = tok.clone()
+        plain[:, 1:] = 5  # codes where motion tokens belong move nothing
+        assert torch.allclose(model.decode_codes(plain), held)
