@@ -259,7 +259,7 @@ def test_evaluate_prompted_and_vae(tiny_data, tmp_path, monkeypatch, classifier)
     module = types.SimpleNamespace(hparams=types.SimpleNamespace(model_config={"num_classes": 10}))
     monkeypatch.setattr(evaluate, "load_generator", lambda ref, device: module)
     monkeypatch.setattr(evaluate, "generate_videos", generate_videos)
-    identity = types.SimpleNamespace(encode=lambda x: x, decode=lambda z: z)
+    identity = types.SimpleNamespace(encode=lambda x: x, decode=lambda z: z, quantize=False)
     monkeypatch.setattr("minisora.resolve.load_vae", lambda ref, device="cpu": identity)
     evaluate.main(["--dataset", "tiny", "--data_dir", str(tiny_data), "--checkpoint", str(tmp_path / "run/ck/last.ckpt"),
                    "--num_videos", "3", "--prompted", "--vae", "fake", "--feature_steps", "10", "--cache_dir",
