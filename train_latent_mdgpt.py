@@ -53,7 +53,7 @@ def main(argv=None):
         train, val = token_splits(arr, a.val_fraction, a.block_size, n_codes, a.eval_interval * a.batch_size *
                                   a.accumulate_grad_batches, a.eval_iters * a.batch_size, a.only_predict_last,
                                   labels=stage_labels(meta) if a.class_conditional else None,
-                                  **training_windows(a))
+                                  **training_windows(a, vae))
     except (ValueError, FileNotFoundError, ConnectionError) as e:
         sys.exit(f"error: {e}")
     out = start_run(a, SCRIPT)

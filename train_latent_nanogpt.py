@@ -87,7 +87,7 @@ def main(argv=None):
                                   a.accumulate_grad_batches, a.eval_iters * a.batch_size, context=context,
                                   labels=stage_labels(meta) if a.class_conditional else None,
                                   with_history=a.prev_frames > 0,
-                                  **training_windows(a))
+                                  **training_windows(a, vae))
     except (ValueError, FileNotFoundError, ConnectionError) as e:
         sys.exit(f"error: {e}")
     out = start_run(a, SCRIPT)

@@ -196,9 +196,11 @@ def add_token_sampling_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--guide_scale", type=float, default=1.0, help="with --guide_checkpoint (1: no guidance)")
 
 
-def training_windows(a) -> dict:
-    """token_splits keyword arguments of the training-window flags of add_lm_args (every token script)."""
-    return dict(first_frame_windows=a.first_frame_windows, input_noise=a.input_noise)
+def training_windows(a, vae) -> dict:
+    """token_splits keyword arguments of the training-window flags of add_lm_args (every token script), and
+    whether the tokens are motion tokens (`vae`, the tokens' resolved tokenizer, says)."""
+    return dict(first_frame_windows=a.first_frame_windows, input_noise=a.input_noise,
+                motion_tokens=bool(vae.config.get("motion_radius")))
 
 
 def token_sampling(a, guide=None) -> dict:

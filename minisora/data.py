@@ -285,12 +285,17 @@ class TokenWindows(Dataset):
     input_noise r: each item replaces a fraction u ~ U(0, r) of the codes it reads (x and `seq`, never BOS) by codes
     drawn from other places of the same clip (mostly background: a stroke dropped; else a stroke of the clip's own
     colours in the wrong place); targets y stay clean. A sampler reads its own draws, errors included; trained on
-    clean inputs only, a model copies those errors forward and the digits drift (GameNGen's context noise, for codes)."""
+    clean inputs only, a model copies those errors forward and the digits drift (GameNGen's context noise, for codes).
+    motion_tokens (tokenize_videos.py --motion_tokens): only the first latent frame holds codes, every later one
+    motion tokens; a first-frame window then always starts the clip at frame 0 (a later frame cut to the front
+    would teach the first frame's positions motion tokens), and input noise replaces a token by one of its own kind."""
 
     def __init__(self, array: np.ndarray, rows: range, block_size: int, bos: int, samples_per_epoch: int = 10000,
                  only_predict_last: bool = False, context=None, labels: list[list[int]] | None = None,
-                 with_history: bool = False, first_frame_windows: float = 0.0, input_noise: float = 0.0):
+                 with_history: bool = False, first_frame_windows: float = 0.0, input_noise: float = 0.0,
+                 motion_tokens: bool = False):
         self.array, self.rows, self.block_size, self.bos, self.labels = array, rows, block_size, bos, labels
+        self.motion_tokens = motion_tokens
         self.only_predict_last, self.context, self.with_history = only_predict_last, context, with_history
         self.first_frame_windows = first_frame_windows
         if not 0 <= first_frame_windows <= 1:
@@ -315,7 +320,7 @@ class TokenWindows(Dataset):
             # the clip as if it began at latent frame k: [BOS, frame k, k + 1, ...], window at its start
             frame = int(np.prod(self.array.shape[2:]))
             last = self.array.shape[1] - -(-self.block_size // frame)  # the crop keeps >= block_size codes
-            k = int(torch.randint(0, last + 1, (), generator=g).item())
+            k = 0 if self.motion_tokens else int(torch.randint(0, last + 1, (), generator=g).item())
             codes, start = codes[k * frame:], 0
         full = np.concatenate([[self.bos], codes])
         read = self.corrupt(full, g) if self.input_noise else full  # what the model reads; targets come from full
@@ -343,13 +348,17 @@ class TokenWindows(Dataset):
 
     def corrupt(self, full: np.ndarray, g: torch.Generator) -> np.ndarray:
         """A copy of [BOS, c_0, ...] with a fraction u ~ U(0, input_noise) of its codes (never BOS) replaced by
-        codes from random places of the same sequence."""
+        codes from random places of the same sequence (with motion_tokens: of the same kind, code or motion)."""
         n = len(full) - 1
         u = float(torch.rand((), generator=g)) * self.input_noise
         hit = (torch.rand(n, generator=g) < u).numpy()
-        src = torch.randint(1, n + 1, (int(hit.sum()),), generator=g).numpy()
         out = full.copy()
-        out[1:][hit] = full[src]
+        # segments [lo, hi) of positions whose tokens are interchangeable: the codes of frame 0 | the motion tokens
+        frame = int(np.prod(self.array.shape[2:]))
+        for lo, hi in ([(1, frame + 1), (frame + 1, n + 1)] if self.motion_tokens else [(1, n + 1)]):
+            pick = np.flatnonzero(hit[lo - 1:hi - 1]) + lo
+            if len(pick) and hi > lo:
+                out[pick] = full[torch.randint(lo, hi, (len(pick),), generator=g).numpy()]
         return out
 
     def _extras(self, item: dict, read: np.ndarray) -> dict:
@@ -371,13 +380,13 @@ def held_out_rows(n: int, val_fraction: float) -> tuple[range, range]:
 def token_splits(array: np.ndarray, val_fraction: float, block_size: int, bos: int, train_items: int, val_items: int,
                  only_predict_last: bool = False, context=None, labels=None,
                  with_history: bool = False, first_frame_windows: float = 0.0,
-                 input_noise: float = 0.0) -> tuple[TokenWindows, TokenWindows]:
+                 input_noise: float = 0.0, motion_tokens: bool = False) -> tuple[TokenWindows, TokenWindows]:
     """Train and val TokenWindows of a tokens array: the last val_fraction of its rows (at least one, when
     there are two or more) are held out for val/loss; a one-video file validates on its training row.
     first_frame_windows and input_noise apply to training only (val/loss stays the loss of whole clean clips' windows)."""
     train_rows, val_rows = held_out_rows(len(array), val_fraction)
     train = TokenWindows(array, train_rows, block_size, bos, train_items, only_predict_last, context, labels, with_history,
-                         first_frame_windows, input_noise)
+                         first_frame_windows, input_noise, motion_tokens)
     val = TokenWindows(array, val_rows or train_rows, block_size, bos, val_items, only_predict_last, context, labels,
-                       with_history)
+                       with_history, motion_tokens=motion_tokens)
     return train, val

@@ -615,13 +615,17 @@ class VideoVAE(nn.Module):
         c = self.config
         if not c.motion_radius:
             return self.decoder(self.quantizer.codes_to_vectors(codes))
-        first = codes[:, :1].masked_fill(codes[:, :1] >= c.n_codes, 0)
-        frames = [self.decoder(self.quantizer.codes_to_vectors(first))[:, :, 0].float().clamp(-1, 1)]
-        still = (2 * c.motion_radius + 1) ** 2 // 2
+        frames = [self._decode_still(codes[:, 0].masked_fill(codes[:, 0] >= c.n_codes, 0))]
+        still = len(motion_offsets(c.motion_radius)) // 2  # the (0, 0) displacement
         for t in range(1, codes.shape[1]):
             v = codes[:, t] - c.n_codes
             frames.append(warp_cells(frames[-1], v.masked_fill(v < 0, still), c.spatial_stride, c.motion_radius))
         return torch.stack(frames, 2)
+
+    def _decode_still(self, codes: torch.Tensor) -> torch.Tensor:
+        """One latent frame of codes (B, h, w) -> its decoded frame (B, 3, H, W), float, clamped to [-1, 1]:
+        where motion tokens start (decode_codes), and what encode_tokens matches the next frame against."""
+        return self.decoder(self.quantizer.codes_to_vectors(codes[:, None]))[:, :, 0].float().clamp(-1, 1)
 
     def encode_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Video (B, 3, T, H, W) -> tokens (B, t, h, w): the codes; with motion tokens, the first frame's codes (the
@@ -630,9 +634,9 @@ class VideoVAE(nn.Module):
         c = self.config
         if not c.motion_radius:
             return self.encode(x)["codes"]
-        first = self.encode(x[:, :, :1])["codes"]
-        prev = self.decoder(self.quantizer.codes_to_vectors(first))[:, :, 0].float().clamp(-1, 1)
-        out = [first[:, 0]]
+        first = self.encode(x[:, :, :1])["codes"][:, 0]
+        prev = self._decode_still(first)
+        out = [first]
         for t in range(1, x.shape[2]):
             v, prev = match_cells(prev, x[:, :, t].float(), c.spatial_stride, c.motion_radius)
             out.append(v + c.n_codes)

@@ -230,6 +230,27 @@ def test_input_noise_corrupts_what_the_model_reads_never_its_targets():
         TokenWindows(arr, range(2), block_size=8, bos=999, input_noise=1.0)
 
 
+def test_motion_token_windows_keep_codes_in_the_first_frame():
+    """Motion tokens (codes in frame 0, motion tokens after): a first-frame window starts the clip at frame 0 (a
+    later frame cut to the front would put motion tokens at the first frame's positions) and input noise swaps
+    codes for codes, motion tokens for motion tokens; the flag comes from the tokenizer (training_windows)."""
+    from types import SimpleNamespace
+    from minisora.cli import training_windows
+    rng = np.random.default_rng(0)
+    arr = np.concatenate([rng.integers(0, 10, (3, 1, 2, 2)), rng.integers(10, 19, (3, 5, 2, 2))], axis=1)
+    ds = TokenWindows(arr, range(3), block_size=12, bos=19, with_history=True, first_frame_windows=0.5,
+                      input_noise=0.9, motion_tokens=True)
+    for i in range(300):
+        it = ds[i]
+        seq = it["seq"].numpy()
+        assert (seq[1:5] < 10).all() and (seq[5:] >= 10).all()          # codes stay codes, motion stays motion
+        if it["start"] == 0:
+            assert (it["y"][:4] < 10).all()                              # the first frame's targets are codes
+    a = SimpleNamespace(first_frame_windows=0.3, input_noise=0.0)
+    assert training_windows(a, SimpleNamespace(config={"motion_radius": 5}))["motion_tokens"]
+    assert not training_windows(a, SimpleNamespace(config={"quantize": "fsq"}))["motion_tokens"]
+
+
 def test_no_future_leakage():
     m = tiny_gpt()
     x = torch.randint(0, 32, (1, 12))
