@@ -51,6 +51,9 @@ def add_args(p: argparse.ArgumentParser, kind: str) -> None:
                             "motion vector (|dy|, |dx| <= R px) of the previous decoded frame's block: tokens n_codes + "
                             "0..(2R+1)^2-1 (README section 3, \"Motion tokens\"; R=5 covers the demo data's <= 4.9 "
                             "px/frame). Saved as <output>.vae.ckpt, like --temporal_padding")
+        p.add_argument("--blank_token", action="store_true",
+                       help="with --motion_tokens: one more motion token, a black cell, given to every cell without ink "
+                            "(what a moving digit leaves behind becomes one easy token; README \"Motion tokens\")")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--num_workers", type=int, default=2)
     p.add_argument("--decode", type=int, default=0, metavar="N",
@@ -89,15 +92,19 @@ def run(a, kind: str) -> Path:
     ds.on_error = "raise"  # past the probe, rows must stay aligned with ds.files: a file that fails to decode stops
     out = Path(a.output) if a.output else default_output(a, vae, kind)
     merge, motion = getattr(a, "merge_codes", None), getattr(a, "motion_tokens", None)
+    blank = getattr(a, "blank_token", False)
+    if blank and not motion:
+        sys.exit("error: --blank_token is a motion token: it needs --motion_tokens R")
     if a.temporal_padding or merge or motion is not None:
         try:
-            vae = derive_vae(vae, out.with_suffix(".vae.ckpt"), a.temporal_padding, merge, motion)
+            vae = derive_vae(vae, out.with_suffix(".vae.ckpt"), a.temporal_padding, merge, motion, blank)
         except ValueError as e:
             sys.exit(f"error: {e}")
         print(f"[{kind}] encoding with {vae.reference}: temporal padding {vae.config.get('temporal_padding')}" + (
             f", codes closer than {merge} merged ({int(vae.module.quantizer.active.sum())} of "
             f"{vae.config['n_codes']} active)" if merge else "") + (
-            f", motion tokens after the first frame (radius {motion}: {vae.n_codes} tokens)" if motion else ""))
+            f", motion tokens after the first frame (radius {motion}{', blank token' if blank else ''}: {vae.n_codes} "
+            f"tokens)" if motion else ""))
     if out.exists():
         print(f"[{kind}] {out} exists; delete it to recompute")
     else:

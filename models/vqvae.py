@@ -8,6 +8,8 @@ every later frame is a grid of cell motion vectors, tokens n_codes + k (k indexe
 displacements): each cell of frame t is the same-sized block of decoded frame t-1 moved by that vector
 (`match_cells` / `warp_cells`: a keyframe plus block motion, as video codecs and Video-LaVIT code video).
 A digit that moves keeps its shape and colour, and its cells keep one token while its velocity holds.
+With `motion_blank`, one more token (the last) blanks a cell to black, and every cell without ink gets it: what
+a digit leaves behind is one easy token instead of some vector that happens to point at background.
 
 The encoder is a stack of levels; each level has `num_res_blocks` ResBlock3d's and then
 (except the last) a stride-2 downsample along the axes whose stride is not yet reached.
@@ -52,11 +54,12 @@ class VAEConfig:
     low_utilization_cost: float = 0.0
     in_channels: int = 3
     motion_radius: int = 0            # > 0: frames after the first are cell motion tokens, |dy|, |dx| <= this
+    motion_blank: bool = False        # with motion_radius: one more motion token, a black cell (every inkless cell)
 
     @property
     def n_tokens(self) -> int:
-        """Size of the token vocabulary: the codes, then the motion tokens (motion_radius > 0)."""
-        return self.n_codes + ((2 * self.motion_radius + 1) ** 2 if self.motion_radius else 0)
+        """Size of the token vocabulary: the codes, then the motion tokens (motion_radius > 0), the blank one last."""
+        return self.n_codes + ((2 * self.motion_radius + 1) ** 2 + self.motion_blank if self.motion_radius else 0)
 
     def __post_init__(self):
         self.channels = tuple(int(c) for c in self.channels)
@@ -75,6 +78,8 @@ class VAEConfig:
         if self.motion_radius and not (self.quantize and self.temporal_stride == 1):
             raise ValueError(f"motion tokens need a per-frame quantizing tokenizer (temporal_stride 1, VQ/FSQ); got "
                              f"temporal_stride {self.temporal_stride}, quantize {self.quantize}")
+        if self.motion_blank and not self.motion_radius:
+            raise ValueError("motion_blank is a motion token: it needs motion_radius > 0")
         if self.res_blocks is not None:
             self.res_blocks = tuple(int(n) for n in self.res_blocks)
             if len(self.res_blocks) != len(self.channels):
@@ -206,23 +211,25 @@ def cell_errors(prev: torch.Tensor, cur: torch.Tensor, cell: int, radius: int) -
 
 def warp_cells(prev: torch.Tensor, vectors: torch.Tensor, cell: int, radius: int) -> torch.Tensor:
     """The next frame of `prev` (B, C, H, W): cell (i, j) is prev's cell-sized block displaced by motion vector
-    vectors[b, i, j] (an index into motion_offsets(radius))."""
+    vectors[b, i, j] (an index into motion_offsets(radius)); index len(motion_offsets) (the blank token) is black."""
     offsets = motion_offsets(radius).tolist()
-    idx = vectors.long().clamp(0, len(offsets) - 1).repeat_interleave(cell, 1).repeat_interleave(cell, 2)[:, None]
+    idx = vectors.long().clamp(0, len(offsets)).repeat_interleave(cell, 1).repeat_interleave(cell, 2)[:, None]
     p = F.pad(prev, (radius,) * 4, value=-1.0)
-    out = torch.empty_like(prev)
+    out = torch.full_like(prev, -1.0)
     for k in idx.unique().tolist():  # only the displacements in use
-        out = torch.where(idx == k, shifted_frame(p, *offsets[k], radius), out)
+        if k < len(offsets):
+            out = torch.where(idx == k, shifted_frame(p, *offsets[k], radius), out)
     return out
 
 
 def match_cells(prev: torch.Tensor, cur: torch.Tensor, cell: int, radius: int, ink_level: float = -0.6,
-                smoothness: float = 0.01, tolerance: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+                smoothness: float = 0.01, tolerance: float = 0.1, blank: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Block motion from decoded frame `prev` to frame `cur` (B, C, H, W, in [-1, 1]) -> (vectors (B, H/cell,
     W/cell), warp_cells(prev, vectors)), chosen for a next-token model to predict, not only to reconstruct: each
     cell's best displacement (squared error + `smoothness` * |v|^2, so ties go to small moves); then the displacement
     most inked cells within 2 cells chose, where it is within `tolerance` of the cell's best (a digit's cells share
-    its velocity); cells with no ink (brightest channel > `ink_level`) in either frame, or next to it, keep (0, 0)."""
+    its velocity); cells with no ink (brightest channel > `ink_level`) in either frame, or next to it, keep (0, 0).
+    blank: every cell with no ink in `cur` gets the blank token instead (index K: black)."""
     err = cell_errors(prev, cur, cell, radius)  # (K, B, h, w)
     k = len(err)
     cost = err + smoothness * (motion_offsets(radius, err.device) ** 2).sum(1).to(err.dtype).view(k, 1, 1, 1)
@@ -239,6 +246,8 @@ def match_cells(prev: torch.Tensor, cur: torch.Tensor, cell: int, radius: int, i
     v = torch.where(agree, common, best)
     near_ink = F.max_pool2d((ink_now | ink(prev)).to(err.dtype)[:, None], 3, 1, 1)[:, 0] > 0
     v = torch.where(near_ink, v, torch.full_like(v, k // 2))
+    if blank:
+        v = torch.where(ink_now, v, torch.full_like(v, k))
     return v, warp_cells(prev, v, cell, radius)
 
 
@@ -642,7 +651,7 @@ class VideoVAE(nn.Module):
         prev = self._decode_still(first)
         out = [first]
         for t in range(1, x.shape[2]):
-            v, prev = match_cells(prev, x[:, :, t].float(), c.spatial_stride, c.motion_radius)
+            v, prev = match_cells(prev, x[:, :, t].float(), c.spatial_stride, c.motion_radius, blank=c.motion_blank)
             out.append(v + c.n_codes)
         return torch.stack(out, 1)
 

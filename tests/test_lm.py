@@ -755,11 +755,15 @@ def test_motion_tokens_through_tokenize_gpt_sample_and_continuation(tiny_data, t
     common = ["--dataset", "tiny", "--data_dir", tiny_data, "--resolution", 32, "--sequence_length", 8,
               "--num_workers", 0, "--batch_size", 4]
     out = run("tokenize_videos.py", [*common, "--vae", runs / "train_vqvae/pf/checkpoints/last.ckpt",
-                                     "--motion_tokens", 2, "--output", tok, "--decode", 1], tmp_path)
-    assert "motion tokens after the first frame (radius 2: 89 tokens)" in out.stdout and "PSNR" in out.stdout
+                                     "--motion_tokens", 2, "--blank_token", "--output", tok, "--decode", 1], tmp_path)
+    assert "motion tokens after the first frame (radius 2, blank token: 90 tokens)" in out.stdout and "PSNR" in out.stdout
     arr, meta = load_stage(tok, expect_kind="tokens")
-    assert arr.shape == (12, 8, 8, 8) and meta["n_codes"] == 64 + 25 and meta["motion_radius"] == 2
-    assert int(arr[:, 0].max()) < 64 and int(arr[:, 1:].min()) >= 64 and int(arr.max()) < 89
+    assert arr.shape == (12, 8, 8, 8) and meta["n_codes"] == 64 + 25 + 1 and meta["motion_radius"] == 2
+    assert int(arr[:, 0].max()) < 64 and int(arr[:, 1:].min()) >= 64 and int(arr.max()) < 90
+    assert meta["vae"]["config"]["motion_blank"]
+    bad = run("tokenize_videos.py", [*common, "--vae", runs / "train_vqvae/pf/checkpoints/last.ckpt", "--blank_token",
+                                     "--output", tmp_path / "b.npy"], tmp_path, ok=False)
+    assert bad.returncode != 0 and "needs --motion_tokens" in bad.stderr
     assert meta["vae"]["reference"] == str(tok.with_suffix(".vae.ckpt"))
     bad = run("train_latent_nanogpt.py", ["--tokens_input_file", tok, *TINY_LM, "--code_embeddings"], tmp_path, ok=False)
     assert bad.returncode != 0 and "motion tokens" in bad.stderr

@@ -468,6 +468,33 @@ def test_block_motion_recovers_a_moving_block_exactly():
         assert (v[0][far] == 49 // 2).all() and far.sum() > 20  # empty cells away from it keep (0, 0)
 
 
+def test_blank_motion_token_takes_every_inkless_cell_and_decodes_black():
+    """motion_blank: cells without ink get the blank token (index K, after the K displacements) and decode black;
+    inked cells keep their vectors, so the moving block is still recovered exactly."""
+    from models.vqvae import VAEConfig, match_cells, warp_cells
+    x, R, cell = _moving_square(), 3, 4
+    prev = x[:, :, 0]
+    for t in range(1, x.shape[2]):
+        v, prev = match_cells(prev, x[:, :, t], cell, R, blank=True)
+        assert torch.equal(prev, x[:, :, t])
+        ink = F.max_pool2d(x[:, :, t].amax(1, keepdim=True), cell)[:, 0] > -0.6
+        assert (v[~ink] == 49).all() and (v[ink] < 49).all() and ink.any()
+    lit = torch.ones(1, 3, 8, 8)
+    out = warp_cells(lit, torch.tensor([[[49, 4], [4, 49]]]), cell, 1)  # (0, 0) is index 4 at radius 1
+    assert (out[..., :4, :4] == -1).all() and (out[..., :4, 4:] == 1).all() and (out[..., 4:, 4:] == -1).all()
+    cfg = make_config("s4t1_m_vq", channels=(8, 8, 8), n_codes=64, motion_radius=3, motion_blank=True)
+    assert cfg.n_tokens == 64 + 49 + 1 and VAEConfig.from_dict(cfg.to_dict()).motion_blank
+    with pytest.raises(ValueError, match="motion_blank"):
+        make_config("s4t1_m_vq", motion_blank=True)
+    model = VideoVAE(cfg).eval()
+    with torch.no_grad():
+        tok = model.encode_tokens(x)
+        assert int(tok[:, 1:].max()) == 64 + 49                    # the background is blank
+        blank = tok.clone()
+        blank[:, 1:] = 64 + 49
+        assert (model.decode_codes(blank)[:, :, 1:] == -1).all()  # every later frame black
+
+
 def test_motion_tokens_encode_decode_and_config():
     from models.vqvae import VAEConfig
     cfg = make_config("s4t1_m_vq", channels=(8, 8, 8), n_codes=64, motion_radius=3)
