@@ -193,6 +193,11 @@ def motion_offsets(radius: int, device=None) -> torch.Tensor:
     return torch.stack(torch.meshgrid(r, r, indexing="ij"), -1).reshape(-1, 2)
 
 
+def pad_black(prev: torch.Tensor, radius: int) -> torch.Tensor:
+    """prev (B, C, H, W) with `radius` black (-1) pixels on every side: what shifted_frame displaces."""
+    return F.pad(prev, (radius,) * 4, value=-1.0)
+
+
 def shifted_frame(padded: torch.Tensor, dy: int, dx: int, radius: int) -> torch.Tensor:
     """`padded` = prev (B, C, H, W) padded by `radius` black (-1) pixels -> prev displaced by (dy, dx):
     out[..., y, x] = prev[..., y - dy, x - dx], black outside."""
@@ -204,7 +209,7 @@ def cell_errors(prev: torch.Tensor, cur: torch.Tensor, cell: int, radius: int) -
     """(K, B, H/cell, W/cell): each cell's squared error (summed over its pixels and channels) between `cur` and
     `prev` displaced by each of the K motion_offsets(radius). One displacement at a time: the K shifted copies of
     the frame are never held at once (20x faster on CPU than stacking them)."""
-    p = F.pad(prev, (radius,) * 4, value=-1.0)
+    p = pad_black(prev, radius)
     return torch.stack([F.avg_pool2d((shifted_frame(p, dy, dx, radius) - cur).square_().sum(1, keepdim=True), cell)[:, 0]
                         for dy, dx in motion_offsets(radius).tolist()]) * cell * cell
 
@@ -214,7 +219,7 @@ def warp_cells(prev: torch.Tensor, vectors: torch.Tensor, cell: int, radius: int
     vectors[b, i, j] (an index into motion_offsets(radius)); index len(motion_offsets) (the blank token) is black."""
     offsets = motion_offsets(radius).tolist()
     idx = vectors.long().clamp(0, len(offsets)).repeat_interleave(cell, 1).repeat_interleave(cell, 2)[:, None]
-    p = F.pad(prev, (radius,) * 4, value=-1.0)
+    p = pad_black(prev, radius)
     out = torch.full_like(prev, -1.0)
     for k in idx.unique().tolist():  # only the displacements in use
         if k < len(offsets):
