@@ -13,10 +13,11 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
+import time
 
 from minisora.cli import add_lm_args, add_run_args, training_windows
 from minisora.data import NUM_DIGITS, stage_labels, token_splits
-from minisora.lit_gpt import LitLM
+from minisora.lit_gpt import LitLM, ink_maps
 from minisora.resolve import load_stage_and_vae
 from minisora.training import fit, start_run
 from models.gpt import GPTConfig, context_positions
@@ -51,6 +52,11 @@ def main(argv=None):
     m.add_argument("--same_frame", action="store_true",
                    help="with --prev_frames: also the cells already generated around it in its own frame (the cells "
                         "above and to its left within --prev_radius)")
+    m.add_argument("--read_ink", action="store_true",
+                   help="motion tokens (tokenize_videos.py --motion_tokens): each token also reads which cells of the "
+                        "previous decoded frame hold ink (the sampler decodes each frame as it completes), so a motion "
+                        "token knows the pixels it moves (README 'Reading the ink')")
+    m.add_argument("--ink_radius", type=int, default=2, help="with --read_ink: cells each side ((2r+1)^2)")
     m.add_argument("--label_modulation", action="store_true",
                    help="with --class_conditional: every block's layer norms are also scaled and shifted by the label "
                         "embedding (adaLN, as VAR / DiT condition), not only the input tokens (measured: labels read no better, "
@@ -69,7 +75,7 @@ def main(argv=None):
                    n_head=a.n_head, n_embd=a.n_embd, dropout=a.dropout,
                    num_classes=NUM_DIGITS if a.class_conditional else 0, pos_emb=a.pos_emb,
                    prev_frames=a.prev_frames, prev_radius=a.prev_radius, same_frame=a.same_frame,
-                   label_modulation=a.label_modulation)
+                   label_modulation=a.label_modulation, read_ink=a.read_ink, ink_radius=a.ink_radius)
         codebook = None
         if a.code_embeddings and vae.config.get("motion_radius"):
             raise ValueError(f"--code_embeddings start the embeddings from the codebook, but {a.tokens_input_file} holds "
@@ -83,10 +89,15 @@ def main(argv=None):
             context = functools.partial(context_positions, block_size=a.block_size, stride=a.context_stride,
                                         dense=a.context_stride_start)
         GPTConfig(**cfg)  # validates
+        ink = None
+        if a.read_ink:
+            t0 = time.time()
+            ink = ink_maps(arr, vae)  # ValueError unless motion tokens
+            print(f"[{SCRIPT}] ink maps of {len(arr)} clips' decoded frames: {time.time() - t0:.0f} s")
         train, val = token_splits(arr, a.val_fraction, a.block_size, n_codes, a.eval_interval * a.batch_size *
                                   a.accumulate_grad_batches, a.eval_iters * a.batch_size, context=context,
                                   labels=stage_labels(meta) if a.class_conditional else None,
-                                  with_history=a.prev_frames > 0,
+                                  with_history=a.prev_frames > 0, ink=ink,
                                   **training_windows(a, vae))
     except (ValueError, FileNotFoundError, ConnectionError) as e:
         sys.exit(f"error: {e}")

@@ -288,13 +288,18 @@ class TokenWindows(Dataset):
     clean inputs only, a model copies those errors forward and the digits drift (GameNGen's context noise, for codes).
     motion_tokens (tokenize_videos.py --motion_tokens): only the first latent frame holds codes, every later one
     motion tokens; a first-frame window then always starts the clip at frame 0 (a later frame cut to the front
-    would teach the first frame's positions motion tokens), and input noise replaces a token by one of its own kind."""
+    would teach the first frame's positions motion tokens), and input noise replaces a token by one of its own kind.
+    ink (N, t h w) 0/1 per cell of each clip's decoded frames (minisora.lit_gpt.ink_maps): item `ink`, the row's
+    map (cut like the codes for a first-frame window), what a GPT with read_ink reads."""
 
     def __init__(self, array: np.ndarray, rows: range, block_size: int, bos: int, samples_per_epoch: int = 10000,
                  only_predict_last: bool = False, context=None, labels: list[list[int]] | None = None,
                  with_history: bool = False, first_frame_windows: float = 0.0, input_noise: float = 0.0,
-                 motion_tokens: bool = False):
+                 motion_tokens: bool = False, ink: np.ndarray | None = None):
         self.array, self.rows, self.block_size, self.bos, self.labels = array, rows, block_size, bos, labels
+        self.ink = ink
+        if ink is not None and tuple(ink.shape) != (len(array), int(np.prod(array.shape[1:]))):
+            raise ValueError(f"ink maps of shape {tuple(ink.shape)} for {len(array)} clips of {array.shape[1:]} cells")
         self.motion_tokens = motion_tokens
         self.only_predict_last, self.context, self.with_history = only_predict_last, context, with_history
         self.first_frame_windows = first_frame_windows
@@ -322,19 +327,21 @@ class TokenWindows(Dataset):
             last = self.array.shape[1] - -(-self.block_size // frame)  # the crop keeps >= block_size codes
             k = 0 if self.motion_tokens else int(torch.randint(0, last + 1, (), generator=g).item())
             codes, start = codes[k * frame:], 0
+        else:
+            k, frame = 0, 0
         full = np.concatenate([[self.bos], codes])
         read = self.corrupt(full, g) if self.input_noise else full  # what the model reads; targets come from full
         if self.context is not None:  # sparse window predicting the token after position q = start + block_size - 1
             pos = np.asarray(self.context(start + self.block_size))
             x, y = torch.from_numpy(read[pos]), torch.from_numpy(full[pos + 1])
-            return self._extras({"x": x, "y": y, "start": torch.from_numpy(pos), "row": row}, read)
+            return self._extras({"x": x, "y": y, "start": torch.from_numpy(pos), "row": row}, read, k * frame)
         x = torch.from_numpy(read[start:start + self.block_size])
         y = torch.from_numpy(full[start + 1:start + self.block_size + 1].copy())
         if self.only_predict_last:  # a growing prefix predicts one next token: loss on a random position only
             k = int(torch.randint(0, self.block_size, (), generator=g).item())
             y[:k] = -1
             y[k + 1:] = -1
-        return self._extras({"x": x, "y": y, "start": start, "row": row}, read)
+        return self._extras({"x": x, "y": y, "start": start, "row": row}, read, k * frame)
 
     def window_start(self, g: torch.Generator) -> int:
         """A window's first position: uniform over block_size - 1 more starts on each side than fit, clipped to
@@ -361,8 +368,12 @@ class TokenWindows(Dataset):
                 out[pick] = full[torch.randint(lo, hi, (len(pick),), generator=g).numpy()]
         return out
 
-    def _extras(self, item: dict, read: np.ndarray) -> dict:
-        """`read`: the sequence the model reads (corrupted with input_noise)."""
+    def _extras(self, item: dict, read: np.ndarray, cut: int = 0) -> dict:
+        """`read`: the sequence the model reads (corrupted with input_noise); `cut`: the cells cut from the clip's
+        front (a first-frame window)."""
+        if self.ink is not None:  # padded at its end like `seq` (a token reads only frames before its own)
+            ink = np.asarray(self.ink[item["row"]])[cut:]
+            item["ink"] = torch.from_numpy(np.pad(ink, (0, self.seq_len - 1 - len(ink))))
         if self.with_history:  # a cut clip's is padded at its end (never read: a token reads only positions before it)
             item["seq"] = torch.from_numpy(np.pad(read, (0, self.seq_len - len(read)), constant_values=self.bos))
         if self.labels is not None:  # the multi-hot digit set of the item's video
@@ -380,13 +391,14 @@ def held_out_rows(n: int, val_fraction: float) -> tuple[range, range]:
 def token_splits(array: np.ndarray, val_fraction: float, block_size: int, bos: int, train_items: int, val_items: int,
                  only_predict_last: bool = False, context=None, labels=None,
                  with_history: bool = False, first_frame_windows: float = 0.0,
-                 input_noise: float = 0.0, motion_tokens: bool = False) -> tuple[TokenWindows, TokenWindows]:
+                 input_noise: float = 0.0, motion_tokens: bool = False,
+                 ink: np.ndarray | None = None) -> tuple[TokenWindows, TokenWindows]:
     """Train and val TokenWindows of a tokens array: the last val_fraction of its rows (at least one, when
     there are two or more) are held out for val/loss; a one-video file validates on its training row.
     first_frame_windows and input_noise apply to training only (val/loss stays the loss of whole clean clips' windows)."""
     train_rows, val_rows = held_out_rows(len(array), val_fraction)
     train = TokenWindows(array, train_rows, block_size, bos, train_items, only_predict_last, context, labels, with_history,
-                         first_frame_windows, input_noise, motion_tokens)
+                         first_frame_windows, input_noise, motion_tokens, ink)
     val = TokenWindows(array, val_rows or train_rows, block_size, bos, val_items, only_predict_last, context, labels,
-                       with_history, motion_tokens=motion_tokens)
+                       with_history, motion_tokens=motion_tokens, ink=ink)
     return train, val

@@ -37,6 +37,56 @@ def background_codes(tokens, vae, n_codes: int, clips: int = 16, level: int = 40
     return [int(k) for k in torch.nonzero((seen > 0) & (dark >= share * seen)).flatten()]
 
 
+class InkTracker:
+    """GPT.generate's ink_fn for a GPT with read_ink: called with the sequence so far [BOS, tokens...] (B, L), it
+    decodes each latent frame once, when the frame is complete (VideoVAE.next_frame: the first frame's codes, then
+    each frame the one before moved by its motion tokens), and returns the ink map (B, t h w) float 0/1 of the
+    decoded frames (models.vqvae.cell_ink; frames not yet complete: 0) -- what training read from ink_maps."""
+
+    def __init__(self, vae_module, grid):
+        self.vae, self.grid = vae_module, tuple(grid)
+        self.device = next(vae_module.parameters()).device
+        self.done, self.frame, self.ink = 0, None, None
+
+    @torch.no_grad()
+    def __call__(self, seq: torch.Tensor) -> torch.Tensor:
+        from models.vqvae import cell_ink
+
+        t, h, w = self.grid
+        complete = min(t, (seq.shape[1] - 1) // (h * w))
+        if self.ink is None or self.ink.shape[0] != seq.shape[0] or complete < self.done:  # a new sequence
+            self.done, self.frame = 0, None
+            self.ink = torch.zeros(seq.shape[0], t * h * w, device=seq.device)
+        with torch.autocast(seq.device.type, enabled=False):  # the same frames as decode_codes / ink_maps
+            for f in range(self.done, complete):
+                tokens = seq[:, 1 + f * h * w:1 + (f + 1) * h * w].reshape(-1, h, w).to(self.device)
+                self.frame = self.vae.next_frame(self.frame, tokens)
+                ink = cell_ink(self.frame, self.vae.config.spatial_stride)
+                self.ink[:, f * h * w:(f + 1) * h * w] = ink.flatten(1).to(self.ink)
+        self.done = complete
+        return self.ink
+
+
+@torch.no_grad()
+def ink_maps(tokens, vae, batch_size: int = 64):
+    """(N, t h w) uint8: which cells of each clip's decoded frames hold ink (models.vqvae.cell_ink), for the
+    motion tokens `tokens` (N, t, h, w) of the tokenizer `vae` (a VAEHandle): what a GPT with read_ink reads."""
+    import numpy as np
+
+    from models.vqvae import cell_ink
+
+    if not vae.config.get("motion_radius"):
+        raise ValueError("ink maps read the decoded frames of motion tokens (tokenize_videos.py --motion_tokens); "
+                         f"{vae.reference} codes every frame")
+    out = np.zeros((len(tokens), int(np.prod(tokens.shape[1:]))), dtype=np.uint8)
+    for i in range(0, len(tokens), batch_size):
+        c = torch.from_numpy(np.asarray(tokens[i:i + batch_size]).astype(np.int64)).to(vae.device)
+        video = vae.decode_codes(c)  # (b, 3, T, H, W)
+        ink = cell_ink(video.transpose(1, 2).flatten(0, 1), vae.spatial_stride)  # (b T, h, w)
+        out[i:i + len(c)] = ink.view(len(c), -1).cpu().numpy()
+    return out
+
+
 class LitLM(L.LightningModule):
     checkpoints = dict(filename="best", monitor="val/loss", mode="min", save_top_k=1)  # kept: the best val/loss
     # hyperparameters a checkpoint hands to sampling (minisora.generate.load_generator)
@@ -84,7 +134,17 @@ class LitLM(L.LightningModule):
         kw = {"y": batch["labels"]} if "labels" in batch and cfg.get("num_classes") else {}
         if cfg.get("prev_frames"):
             kw["history"] = batch["seq"]
+        if cfg.get("read_ink"):
+            kw["ink"] = batch["ink"]
         return kw
+
+    def ink_fn(self) -> InkTracker | None:
+        """A fresh InkTracker for one sampled batch of a read_ink model (None for the others)."""
+        if not self.hparams.model_config.get("read_ink"):
+            return None
+        if self.vae is None:
+            raise ValueError("a GPT with read_ink samples with its tokenizer (it reads its decoded frames): set .vae")
+        return InkTracker(self.vae.module, self.hparams.grid)
 
     def validation_step(self, batch, batch_idx):
         _, loss = self.model(batch["x"], start=batch["start"], targets=batch["y"], **self._inputs(batch))
@@ -130,6 +190,8 @@ class LitLM(L.LightningModule):
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             def draw(start, new, labels):
                 kw = dict(y=labels, cfg_scale=cfg_scale) if labels is not None else {}
+                if self.ink_fn() is not None:
+                    kw["ink_fn"] = self.ink_fn()
                 return self.model.generate(start, new, temperature, top_k, top_p, use_cache=use_cache, allowed=h.n_codes,
                                            first_frame_tokens=split, generator=g, later_temperature=later_temperature, **ink, **auto, **kw)
             if first_frame_candidates > 1 and prompt_codes is None:
@@ -163,6 +225,8 @@ class LitLM(L.LightningModule):
         """(B,) log-likelihood of sequences [BOS, c_0, ...] (B, L <= block_size + 1) under label prompts y
         (B, classes) multi-hot (None: the null label), read in one teacher-forced window from the clip's start."""
         kw = {"history": seq} if self.hparams.model_config.get("prev_frames") else {}
+        if self.ink_fn() is not None:
+            kw["ink"] = self.ink_fn()(seq)
         logits = self.model(seq[:, :-1], start=0, y=y, **kw)[0].float()
         return logits.log_softmax(-1).gather(-1, seq[:, 1:, None])[..., 0].sum(1)
 

@@ -43,11 +43,15 @@ class GPTConfig:
     prev_radius: int = 2             # previous prev_frames frames ((2 r + 1)^2 cells each; see NeighbourCodes)
     prev_dim: int = 32               # embedding width of those neighbour codes
     same_frame: bool = False         # with prev_frames: also the cells already generated around it in its own frame
+    read_ink: bool = False           # each token also reads which cells of the previous *decoded* frame hold ink,
+    ink_radius: int = 2              # (2 r + 1)^2 around its own (PreviousInk; the sampler decodes as it goes)
 
     def __post_init__(self):
         self.grid = tuple(int(g) for g in self.grid)
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd {self.n_embd} not divisible by n_head {self.n_head}")
+        if self.ink_radius < 0:
+            raise ValueError(f"ink_radius must be >= 0, got {self.ink_radius}")
         if self.prev_frames < 0 or self.prev_radius < 0:
             raise ValueError("prev_frames and prev_radius must be >= 0")
         if self.context_stride < 1 or (self.context_stride > 1 and not 0 < self.context_dense < self.block_size):
@@ -171,6 +175,43 @@ class NeighbourCodes(nn.Module):
         return self.proj(self.embed(codes).flatten(2))
 
 
+class PreviousInk(nn.Module):
+    """What a token at grid cell (t, y, x) can see of the pixels before it: which cells (t - 1, y + dy, x + dx),
+    |dy|, |dx| <= radius, of the previous *decoded* frame hold ink (models.vqvae.cell_ink), one linear map of those
+    (2 r + 1)^2 bits; zero for cells off the grid and in the first frame.
+
+    A motion token moves a block of the previous decoded frame, so what it draws depends on pixels the tokens
+    alone do not show: where a digit's ink is after all the moves so far. Without them a GPT on motion tokens
+    leaves the still token on cells a digit has just left (its ink stays behind: streaks) and moves digits out of
+    the frame instead of bouncing. The ink map is a function of the tokens before the cell's frame (decode them),
+    so it adds no information the sequence does not hold, only computation the model could not do.
+    Sequence position p predicts code p and reads frame (p // (h w)) - 1, complete by then."""
+
+    def __init__(self, grid, radius: int, out_dim: int):
+        super().__init__()
+        t, h, w = grid
+        r = range(-radius, radius + 1)
+        code = torch.arange(t * h * w)
+        ct, cy, cx = code // (h * w), (code // w) % h, code % w
+        cols = []
+        for dy in r:
+            for dx in r:
+                ny, nx = cy + dy, cx + dx
+                ok = (ct >= 1) & (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
+                cols.append(torch.where(ok, (ct - 1) * h * w + ny * w + nx, -1))  # that cell's index in the ink map
+        self.register_buffer("table", torch.stack(cols, 1), persistent=False)  # (codes, K)
+        self.proj = nn.Linear(len(cols), out_dim, bias=False)
+
+    def forward(self, ink: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """ink (B, t h w) 0/1 per cell of every decoded frame (frames not yet decoded: anything; never read),
+        pos (B, L) sequence positions -> (B, L, out_dim)."""
+        nb = self.table[pos.clamp(max=len(self.table) - 1)]  # (B, L, K)
+        if ink.shape[0] != nb.shape[0]:
+            nb = nb.expand(ink.shape[0], -1, -1)
+        bits = ink.to(self.proj.weight.dtype).gather(1, nb.clamp(min=0).flatten(1)).view(nb.shape)
+        return self.proj(bits.masked_fill(nb < 0, 0))
+
+
 class GPT(ClassConditioned, nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -187,6 +228,7 @@ class GPT(ClassConditioned, nn.Module):
             raise ValueError(f"pos_emb must be '3d' or '1d', got {c.pos_emb!r}")
         self.neighbours = NeighbourCodes(c.grid, c.prev_frames, c.prev_radius, c.vocab_size, c.prev_dim, c.n_embd,
                                          c.same_frame) if c.prev_frames else None
+        self.prev_ink = PreviousInk(c.grid, c.ink_radius, c.n_embd) if c.read_ink else None
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layer))
         self.ln_f = nn.LayerNorm(c.n_embd, bias=c.bias)
@@ -235,11 +277,13 @@ class GPT(ClassConditioned, nn.Module):
         return self.pos(pos) if self.config.pos_emb == "1d" else self.pos3d(pos)
 
     def forward(self, idx: torch.Tensor, start: int | torch.Tensor = 0, targets: torch.Tensor | None = None,
-                caches: list | None = None, y: torch.Tensor | None = None, history: torch.Tensor | None = None):
+                caches: list | None = None, y: torch.Tensor | None = None, history: torch.Tensor | None = None,
+                ink: torch.Tensor | None = None):
         """idx (B, L) tokens whose first sits at sequence position `start` (int or (B,) tensor), or at
         explicit positions `start` (B, L) (sparse context windows); y (B, num_classes) multi-hot label sets of
         a class-conditional model (None: the null label); history (B, S): the whole sequence [BOS, c_0, ...]
-        at least up to idx's last position (needed with prev_frames > 0: earlier frames outside the window).
+        at least up to idx's last position (needed with prev_frames > 0: earlier frames outside the window);
+        ink (B, t h w): which cells of each decoded frame hold ink (needed with read_ink; PreviousInk).
         Returns (logits (B, L, V), loss or None)."""
         table = self.token_table()
         pos = GridPositions.index(start, idx.shape[1], idx.device)
@@ -248,6 +292,10 @@ class GPT(ClassConditioned, nn.Module):
             if history is None:
                 raise ValueError("a GPT with prev_frames > 0 needs history= (the sequence before its window)")
             x = x + self.neighbours(history, pos)
+        if self.prev_ink is not None:
+            if ink is None:
+                raise ValueError("a GPT with read_ink needs ink= (the ink map of its decoded frames)")
+            x = x + self.prev_ink(ink, pos)
         label = None
         if self.y_embed is not None:
             label = self.condition(x.new_zeros(len(idx), x.shape[-1]), y)
@@ -265,7 +313,7 @@ class GPT(ClassConditioned, nn.Module):
                  generator: torch.Generator | None = None, y: torch.Tensor | None = None,
                  cfg_scale: float = 1.0, later_temperature: float | None = None, ink_temperature: float | None = None,
                  background: torch.Tensor | None = None, guide_model: "GPT | None" = None,
-                 guide_scale: float = 1.0, first_frame_tokens: int | None = None) -> torch.Tensor:
+                 guide_scale: float = 1.0, first_frame_tokens: int | None = None, ink_fn=None) -> torch.Tensor:
         """Continue `prompt` (B, L0), whose first token is sequence position 0 (BOS). Each prediction reads a
         training-like window of at most block_size tokens (re-anchored to its last half when full); with
         use_cache its keys are cached (amortised constant cost per token), without it every step recomputes
@@ -283,7 +331,9 @@ class GPT(ClassConditioned, nn.Module):
         labels; each model applies cfg_scale first), pushing the draw away from the errors the weaker model makes
         more of (Karras et al. 2024, "Guiding a diffusion model with a bad version of itself"; contrastive decoding,
         Li et al. 2023, for language models). The draw stays among this model's own top_k codes (contrastive
-        decoding's plausibility constraint): a code both models rule out is not revived by their difference."""
+        decoding's plausibility constraint): a code both models rule out is not revived by their difference.
+        ink_fn (needed with read_ink, by this model or the guide): the sequence so far (B, L) -> (B, t h w) ink map of its decoded frames,
+        complete ones at least (minisora.lit_gpt.InkTracker: it decodes each frame once, as it completes)."""
         def temp(length):
             return step_temperature(length, self.config.grid, temperature, later_temperature)
 
@@ -295,12 +345,17 @@ class GPT(ClassConditioned, nn.Module):
         if weak is not None:
             check_guide(self, weak)
 
+        if ink_fn is None and any(m.prev_ink is not None for m in (self, weak) if m is not None):
+            raise ValueError("a GPT with read_ink samples with ink_fn (the ink map of its decoded frames)")
+
         def model_logits(model, x, start, caches):  # (B, V) logits of one model's last position, label-guided
             history = seq if model.neighbours is not None else None
+            ink = ink_fn(seq) if model.prev_ink is not None else None
             if cfg:
                 x, start = torch.cat([x, x]), torch.cat([start, start]) if torch.is_tensor(start) else start
                 history = None if history is None else torch.cat([history, history])
-            out = model(x, start=start, caches=caches, y=labels, history=history)[0][:, -1].float()
+                ink = None if ink is None else torch.cat([ink, ink])
+            out = model(x, start=start, caches=caches, y=labels, history=history, ink=ink)[0][:, -1].float()
             return cfg_guide(out, cfg_scale) if cfg else out
 
         def next_logits(x, start, caches=None):  # caches: (this model's, the guide's) or None

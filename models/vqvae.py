@@ -227,7 +227,16 @@ def warp_cells(prev: torch.Tensor, vectors: torch.Tensor, cell: int, radius: int
     return out
 
 
-def match_cells(prev: torch.Tensor, cur: torch.Tensor, cell: int, radius: int, ink_level: float = -0.6,
+INK_LEVEL = -0.6  # a pixel whose brightest channel is above this (in [-1, 1]) is ink
+
+
+def cell_ink(frame: torch.Tensor, cell: int, ink_level: float = INK_LEVEL) -> torch.Tensor:
+    """Frame (B, C, H, W) in [-1, 1] -> (B, H/cell, W/cell) bool: the cells holding ink (a pixel whose brightest
+    channel is above `ink_level`)."""
+    return F.max_pool2d(frame.amax(1, keepdim=True), cell)[:, 0] > ink_level
+
+
+def match_cells(prev: torch.Tensor, cur: torch.Tensor, cell: int, radius: int, ink_level: float = INK_LEVEL,
                 smoothness: float = 0.01, tolerance: float = 0.1, blank: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Block motion from decoded frame `prev` to frame `cur` (B, C, H, W, in [-1, 1]) -> (vectors (B, H/cell,
     W/cell), warp_cells(prev, vectors)), chosen for a next-token model to predict, not only to reconstruct: each
@@ -241,7 +250,7 @@ def match_cells(prev: torch.Tensor, cur: torch.Tensor, cell: int, radius: int, i
     best = cost.argmin(0)
 
     def ink(x):
-        return F.max_pool2d(x.amax(1, keepdim=True), cell)[:, 0] > ink_level
+        return cell_ink(x, cell, ink_level)
 
     ink_now = ink(cur)
     votes = F.one_hot(best, k).permute(0, 3, 1, 2).to(err.dtype) * ink_now[:, None]
@@ -630,15 +639,24 @@ class VideoVAE(nn.Module):
         """Tokens (B, t, h, w) -> video. Motion tokenizers: the first frame's codes are decoded, each later frame
         is the one before moved cell by cell (a code where a motion token belongs moves nothing; a motion token
         in the first frame decodes as code 0)."""
-        c = self.config
-        if not c.motion_radius:
+        if not self.config.motion_radius:
             return self.decoder(self.quantizer.codes_to_vectors(codes))
-        frames = [self._decode_still(codes[:, 0].masked_fill(codes[:, 0] >= c.n_codes, 0))]
-        still = len(motion_offsets(c.motion_radius)) // 2  # the (0, 0) displacement
+        frames = [self.next_frame(None, codes[:, 0])]
         for t in range(1, codes.shape[1]):
-            v = codes[:, t] - c.n_codes
-            frames.append(warp_cells(frames[-1], v.masked_fill(v < 0, still), c.spatial_stride, c.motion_radius))
+            frames.append(self.next_frame(frames[-1], codes[:, t]))
         return torch.stack(frames, 2)
+
+    def next_frame(self, prev: torch.Tensor | None, tokens: torch.Tensor) -> torch.Tensor:
+        """Motion tokenizers, one latent frame of tokens (B, h, w) -> its decoded frame (B, 3, H, W): the first
+        frame's codes decoded (prev None; a motion token there decodes as code 0), or the decoded frame before,
+        `prev`, moved cell by cell (a code where a motion token belongs moves nothing). decode_codes, one frame
+        at a time (what a sampler that reads its decoded frames calls as it goes)."""
+        c = self.config
+        if prev is None:
+            return self._decode_still(tokens.masked_fill(tokens >= c.n_codes, 0))
+        v = tokens - c.n_codes
+        still = len(motion_offsets(c.motion_radius)) // 2  # the (0, 0) displacement
+        return warp_cells(prev, v.masked_fill(v < 0, still), c.spatial_stride, c.motion_radius)
 
     def _decode_still(self, codes: torch.Tensor) -> torch.Tensor:
         """One latent frame of codes (B, h, w) -> its decoded frame (B, 3, H, W), float, clamped to [-1, 1]:

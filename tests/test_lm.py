@@ -321,6 +321,80 @@ def test_prev_frames_sampling_equals_training_windows():
         assert torch.allclose(seen[n - 3], ref, atol=1e-4), n
 
 
+def test_read_ink_reads_the_previous_decoded_frame_and_sampling_equals_training_windows():
+    """read_ink: the token predicting a cell of frame t reads the ink map of frame t - 1 only (frame 0 reads
+    nothing); cached and uncached sampling agree, and each prediction equals the training-style forward of its
+    window with the ink map of the whole sequence (an ink map of frame f depends on frames <= f only)."""
+    import models.gpt as gpt
+
+    m = tiny_gpt(grid=(3, 4, 4), block_size=8, read_ink=True, ink_radius=1)
+    x = torch.randint(0, 32, (1, 47))
+    ink = torch.zeros(1, 48)
+    base = m(x, ink=ink)[0]
+    ink[:, 16:32] = 1  # frame 1 all ink: only the positions predicting frame 2 (32..46) read it
+    moved = (m(x, ink=ink)[0] - base).abs().amax(-1)[0]
+    assert moved[:32].max() == 0 and (moved[32:] > 0).all()
+    with pytest.raises(ValueError, match="ink"):
+        m(x)
+
+    def ink_fn(seq):  # a stand-in for InkTracker: frame f's cells "hold ink" where its tokens are odd
+        out = torch.zeros(len(seq), 48)
+        done = (seq.shape[1] - 1) // 16 * 16
+        out[:, :done] = (seq[:, 1:1 + done] % 2).float()
+        return out
+
+    seen, real = [], gpt.sample_logits
+    gpt.sample_logits = lambda logits, *a, **k: seen.append(logits) or real(logits, *a, **k)
+    try:
+        prompt = torch.tensor([[32, 5, 7], [32, 2, 9]])
+        a = m.generate(prompt, 46, temperature=1.0, generator=torch.Generator().manual_seed(1), ink_fn=ink_fn)
+        b = m.generate(prompt, 46, temperature=1.0, generator=torch.Generator().manual_seed(1), ink_fn=ink_fn,
+                       use_cache=False)
+    finally:
+        gpt.sample_logits = real
+    assert torch.equal(a, b)
+    anchor = 0
+    for n in range(3, 49):
+        if n - anchor > 8:
+            anchor = n - 4
+        ref = m(a[:, anchor:n], start=anchor, ink=ink_fn(a))[0][:, -1]
+        assert torch.allclose(seen[n - 3], ref, atol=1e-4), n
+    with pytest.raises(ValueError, match="ink_fn"):
+        m.generate(prompt, 4)
+
+
+def test_ink_tracker_decodes_as_it_goes_and_matches_the_training_ink_maps():
+    """InkTracker (sampling) gives the ink maps ink_maps (training) computes from whole clips, one frame at a time:
+    frames not yet complete read 0; a plain (code-every-frame) tokenizer is refused."""
+    from dataclasses import asdict
+    from minisora.lit_gpt import InkTracker, ink_maps
+    from minisora.resolve import VAEHandle
+    from models.vqvae import VideoVAE, make_config
+
+    torch.manual_seed(0)
+    cfg = make_config("s4t1_m_vq", channels=(8, 8, 8), n_codes=16, motion_radius=1)
+    vae = VideoVAE(cfg).eval()
+    # a first frame whose ink is known: the cells of odd codes lit (a random decoder lights everything)
+    vae._decode_still = lambda codes: ((codes % 2) * 2.0 - 1).repeat_interleave(4, 1).repeat_interleave(4, 2)[:, None].expand(-1, 3, -1, -1)
+    handle = VAEHandle(module=vae, kind="project", reference="t", name="t", latent_channels=cfg.embedding_dim,
+                       temporal_stride=1, spatial_stride=4, quantize=True, n_codes=cfg.n_tokens, config=asdict(cfg))
+    tokens = np.concatenate([np.random.default_rng(0).integers(0, 16, (3, 1, 4, 4)),
+                             np.random.default_rng(1).integers(16, 25, (3, 3, 4, 4))], 1)
+    maps = ink_maps(tokens, handle, batch_size=2)
+    assert maps.shape == (3, 64) and maps.dtype == np.uint8 and 0 < maps.mean() < 1
+    assert (maps[:, :16] == tokens[:, 0].reshape(3, 16) % 2).all()  # frame 0: the odd codes' cells
+    seq = torch.cat([torch.full((3, 1), 25), torch.from_numpy(tokens).flatten(1)], 1)
+    tracker = InkTracker(vae, (4, 4, 4))
+    part = tracker(seq[:, :1 + 16 + 5])  # frame 0 complete, frame 1 not
+    assert torch.equal(part[:, :16], torch.from_numpy(maps[:, :16]).float()) and (part[:, 16:] == 0).all()
+    assert torch.equal(tracker(seq), torch.from_numpy(maps).float())
+    assert torch.equal(InkTracker(vae, (4, 4, 4))(seq), torch.from_numpy(maps).float())
+    plain = VAEHandle(module=vae, kind="project", reference="p", name="p", latent_channels=4, temporal_stride=1,
+                      spatial_stride=4, quantize=True, n_codes=16, config={"motion_radius": 0})
+    with pytest.raises(ValueError, match="motion tokens"):
+        ink_maps(tokens, plain)
+
+
 def test_sampling_filters():
     """sample_logits over gently sloped logits (every token between 8.6% and 17.3%; the ranks shuffled over the
     vocabulary): 4000 seeded draws per setting. Unfiltered, every token appears at its softmax frequency; top_k=k
@@ -767,9 +841,10 @@ def test_motion_tokens_through_tokenize_gpt_sample_and_continuation(tiny_data, t
     assert meta["vae"]["reference"] == str(tok.with_suffix(".vae.ckpt"))
     bad = run("train_latent_nanogpt.py", ["--tokens_input_file", tok, *TINY_LM, "--code_embeddings"], tmp_path, ok=False)
     assert bad.returncode != 0 and "motion tokens" in bad.stderr
-    run("train_latent_nanogpt.py", ["--tokens_input_file", tok, *TINY_LM, "--block_size", "64", "--n_layer", "1",
-                                    "--n_head", "2", "--n_embd", "32", "--class_conditional", "--prev_frames", "1",
-                                    "--output_dir", tmp_path, "--run_name", "m"], tmp_path)
+    out = run("train_latent_nanogpt.py", ["--tokens_input_file", tok, *TINY_LM, "--block_size", "64", "--n_layer", "1",
+                                          "--n_head", "2", "--n_embd", "32", "--class_conditional", "--prev_frames", "1",
+                                          "--read_ink", "--output_dir", tmp_path, "--run_name", "m"], tmp_path)
+    assert "ink maps of 12 clips" in out.stdout
     ck = tmp_path / "train_latent_nanogpt/m/checkpoints/last.ckpt"
     from minisora.generate import load_generator
     codes = load_generator(str(ck)).sample_codes(2, seed=1)
