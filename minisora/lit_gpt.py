@@ -190,8 +190,9 @@ class LitLM(L.LightningModule):
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             def draw(start, new, labels):
                 kw = dict(y=labels, cfg_scale=cfg_scale) if labels is not None else {}
-                if self.ink_fn() is not None:
-                    kw["ink_fn"] = self.ink_fn()
+                tracker = self.ink_fn()  # read_ink models: the ink of the frames drawn so far
+                if tracker is not None:
+                    kw["ink_fn"] = tracker
                 return self.model.generate(start, new, temperature, top_k, top_p, use_cache=use_cache, allowed=h.n_codes,
                                            first_frame_tokens=split, generator=g, later_temperature=later_temperature, **ink, **auto, **kw)
             if first_frame_candidates > 1 and prompt_codes is None:
@@ -225,8 +226,9 @@ class LitLM(L.LightningModule):
         """(B,) log-likelihood of sequences [BOS, c_0, ...] (B, L <= block_size + 1) under label prompts y
         (B, classes) multi-hot (None: the null label), read in one teacher-forced window from the clip's start."""
         kw = {"history": seq} if self.hparams.model_config.get("prev_frames") else {}
-        if self.ink_fn() is not None:
-            kw["ink"] = self.ink_fn()(seq)
+        tracker = self.ink_fn()
+        if tracker is not None:
+            kw["ink"] = tracker(seq)
         logits = self.model(seq[:, :-1], start=0, y=y, **kw)[0].float()
         return logits.log_softmax(-1).gather(-1, seq[:, 1:, None])[..., 0].sum(1)
 

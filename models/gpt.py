@@ -406,7 +406,7 @@ class GPT(ClassConditioned, nn.Module):
 
 def check_guide(model: GPT, guide: GPT) -> None:
     """A guide model must read and write the same tokens the same way as the model it guides."""
-    for key in ("vocab_size", "grid", "block_size", "context_stride", "context_dense", "num_classes"):
+    for key in ("vocab_size", "grid", "block_size", "context_stride", "context_dense", "num_classes", "read_ink"):
         a, b = getattr(model.config, key), getattr(guide.config, key)
         if a != b:
             raise ValueError(f"the guide model's {key} is {b!r}, the model's {a!r}: a guide must be a weaker version of "
