@@ -216,15 +216,19 @@ def cell_errors(prev: torch.Tensor, cur: torch.Tensor, cell: int, radius: int) -
 
 def warp_cells(prev: torch.Tensor, vectors: torch.Tensor, cell: int, radius: int) -> torch.Tensor:
     """The next frame of `prev` (B, C, H, W): cell (i, j) is prev's cell-sized block displaced by motion vector
-    vectors[b, i, j] (an index into motion_offsets(radius)); index len(motion_offsets) (the blank token) is black."""
-    offsets = motion_offsets(radius).tolist()
-    idx = vectors.long().clamp(0, len(offsets)).repeat_interleave(cell, 1).repeat_interleave(cell, 2)[:, None]
+    vectors[b, i, j] (an index into motion_offsets(radius)); index len(motion_offsets) (the blank token) is black.
+    One gather: every output pixel reads its source pixel in prev padded black (out[y, x] = prev[y - dy, x - dx])."""
+    B, C, H, W = prev.shape
+    offsets = motion_offsets(radius, prev.device)
+    v = vectors.long().clamp(0, len(offsets))
+    blank = (v == len(offsets)).repeat_interleave(cell, 1).repeat_interleave(cell, 2)[:, None]  # (B, 1, H, W)
+    d = torch.cat([offsets, offsets.new_zeros(1, 2)])[v].repeat_interleave(cell, 1).repeat_interleave(cell, 2)
+    ys = torch.arange(H, device=prev.device)[:, None] - d[..., 0] + radius  # (B, H, W) rows in the padded frame
+    xs = torch.arange(W, device=prev.device)[None, :] - d[..., 1] + radius
     p = pad_black(prev, radius)
-    out = torch.full_like(prev, -1.0)
-    for k in idx.unique().tolist():  # only the displacements in use
-        if k < len(offsets):
-            out = torch.where(idx == k, shifted_frame(p, *offsets[k], radius), out)
-    return out
+    src = (ys * p.shape[-1] + xs).flatten(1)[:, None].expand(-1, C, -1)
+    out = p.flatten(2).gather(2, src).view(B, C, H, W)
+    return out.masked_fill(blank, -1.0)
 
 
 INK_LEVEL = -0.6  # a pixel whose brightest channel is above this (in [-1, 1]) is ink

@@ -495,6 +495,29 @@ def test_blank_motion_token_takes_every_inkless_cell_and_decodes_black():
         assert (model.decode_codes(blank)[:, :, 1:] == -1).all()  # every later frame black
 
 
+def test_warp_cells_equals_moving_each_block_by_hand():
+    """warp_cells (one gather) against a per-cell loop: cell (i, j) of the output is the cell-sized block of prev
+    displaced by its vector, black where the source falls off the frame, and black for the blank token."""
+    from models.vqvae import motion_offsets, warp_cells
+    torch.manual_seed(0)
+    cell, R = 2, 2
+    prev = torch.rand(2, 3, 8, 6) * 2 - 1
+    offsets = motion_offsets(R)
+    vectors = torch.randint(0, len(offsets) + 1, (2, 4, 3))  # the last index: blank
+    ref = torch.full_like(prev, -1.0)
+    for b in range(2):
+        for i in range(4):
+            for j in range(3):
+                if vectors[b, i, j] == len(offsets):
+                    continue
+                dy, dx = offsets[vectors[b, i, j]].tolist()
+                for y in range(i * cell, (i + 1) * cell):
+                    for x in range(j * cell, (j + 1) * cell):
+                        if 0 <= y - dy < 8 and 0 <= x - dx < 6:
+                            ref[b, :, y, x] = prev[b, :, y - dy, x - dx]
+    assert torch.equal(warp_cells(prev, vectors, cell, R), ref)
+
+
 def test_motion_tokens_encode_decode_and_config():
     from models.vqvae import VAEConfig
     cfg = make_config("s4t1_m_vq", channels=(8, 8, 8), n_codes=64, motion_radius=3)
