@@ -332,8 +332,8 @@ class GPT(ClassConditioned, nn.Module):
         more of (Karras et al. 2024, "Guiding a diffusion model with a bad version of itself"; contrastive decoding,
         Li et al. 2023, for language models). The draw stays among this model's own top_k codes (contrastive
         decoding's plausibility constraint): a code both models rule out is not revived by their difference.
-        ink_fn (needed with read_ink, by this model or the guide): the sequence so far (B, L) -> (B, t h w) ink map of its decoded frames,
-        complete ones at least (minisora.lit_gpt.InkTracker: it decodes each frame once, as it completes)."""
+        ink_fn (needed with read_ink, by this model or the guide): the sequence so far (B, L) -> (B, t h w) ink map
+        of its decoded frames, complete ones at least (minisora.lit_gpt.InkTracker decodes each frame as it completes)."""
         def temp(length):
             return step_temperature(length, self.config.grid, temperature, later_temperature)
 
