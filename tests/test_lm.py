@@ -301,15 +301,22 @@ def test_prev_frames_read_the_cells_around_in_earlier_frames_only():
 def test_prev_frames_sampling_equals_training_windows():
     """With prev_frames, cached and uncached sampling agree, and each prediction equals the training-style
     forward of its window with the sequence so far as history."""
+    m = tiny_gpt(grid=(3, 4, 4), block_size=8, prev_frames=1, prev_radius=1)
+    check_sampling_equals_training_windows(m, lambda seq: {"history": seq})
+
+
+def check_sampling_equals_training_windows(m, inputs, **generate_kw) -> torch.Tensor:
+    """A (3, 4, 4)-grid GPT with block 8 samples 46 tokens cached and uncached (the same draws), and every
+    prediction equals the training-style forward of its window; inputs(sequence) -> that forward's keywords."""
     import models.gpt as gpt
 
-    m = tiny_gpt(grid=(3, 4, 4), block_size=8, prev_frames=1, prev_radius=1)
     seen, real = [], gpt.sample_logits
     gpt.sample_logits = lambda logits, *a, **k: seen.append(logits) or real(logits, *a, **k)
     try:
         prompt = torch.tensor([[32, 5, 7], [32, 2, 9]])
-        a = m.generate(prompt, 46, temperature=1.0, generator=torch.Generator().manual_seed(1), use_cache=True)
-        b = m.generate(prompt, 46, temperature=1.0, generator=torch.Generator().manual_seed(1), use_cache=False)
+        a = m.generate(prompt, 46, temperature=1.0, generator=torch.Generator().manual_seed(1), **generate_kw)
+        b = m.generate(prompt, 46, temperature=1.0, generator=torch.Generator().manual_seed(1), use_cache=False,
+                       **generate_kw)
     finally:
         gpt.sample_logits = real
     assert torch.equal(a, b)
@@ -317,16 +324,15 @@ def test_prev_frames_sampling_equals_training_windows():
     for n in range(3, 49):
         if n - anchor > 8:
             anchor = n - 4
-        ref = m(a[:, anchor:n], start=anchor, history=a)[0][:, -1]
+        ref = m(a[:, anchor:n], start=anchor, **inputs(a))[0][:, -1]
         assert torch.allclose(seen[n - 3], ref, atol=1e-4), n
+    return a
 
 
 def test_read_ink_reads_the_previous_decoded_frame_and_sampling_equals_training_windows():
     """read_ink: the token predicting a cell of frame t reads the ink map of frame t - 1 only (frame 0 reads
     nothing); cached and uncached sampling agree, and each prediction equals the training-style forward of its
     window with the ink map of the whole sequence (an ink map of frame f depends on frames <= f only)."""
-    import models.gpt as gpt
-
     m = tiny_gpt(grid=(3, 4, 4), block_size=8, read_ink=True, ink_radius=1)
     x = torch.randint(0, 32, (1, 47))
     ink = torch.zeros(1, 48)
@@ -343,24 +349,9 @@ def test_read_ink_reads_the_previous_decoded_frame_and_sampling_equals_training_
         out[:, :done] = (seq[:, 1:1 + done] % 2).float()
         return out
 
-    seen, real = [], gpt.sample_logits
-    gpt.sample_logits = lambda logits, *a, **k: seen.append(logits) or real(logits, *a, **k)
-    try:
-        prompt = torch.tensor([[32, 5, 7], [32, 2, 9]])
-        a = m.generate(prompt, 46, temperature=1.0, generator=torch.Generator().manual_seed(1), ink_fn=ink_fn)
-        b = m.generate(prompt, 46, temperature=1.0, generator=torch.Generator().manual_seed(1), ink_fn=ink_fn,
-                       use_cache=False)
-    finally:
-        gpt.sample_logits = real
-    assert torch.equal(a, b)
-    anchor = 0
-    for n in range(3, 49):
-        if n - anchor > 8:
-            anchor = n - 4
-        ref = m(a[:, anchor:n], start=anchor, ink=ink_fn(a))[0][:, -1]
-        assert torch.allclose(seen[n - 3], ref, atol=1e-4), n
+    check_sampling_equals_training_windows(m, lambda seq: {"ink": ink_fn(seq)}, ink_fn=ink_fn)
     with pytest.raises(ValueError, match="ink_fn"):
-        m.generate(prompt, 4)
+        m.generate(torch.tensor([[32, 5]]), 4)
 
 
 def test_ink_tracker_decodes_as_it_goes_and_matches_the_training_ink_maps():
