@@ -57,6 +57,9 @@ def main(argv=None):
                         "previous decoded frame hold ink (the sampler decodes each frame as it completes), so a motion "
                         "token knows the pixels it moves (README 'Reading the ink')")
     m.add_argument("--ink_radius", type=int, default=2, help="with --read_ink: cells each side ((2r+1)^2)")
+    m.add_argument("--ink_edges", action="store_true",
+                   help="with --read_ink: cells off the frame read -1 instead of 0 (no ink), so the edge a digit "
+                        "bounces off is seen with the ink")
     m.add_argument("--label_modulation", action="store_true",
                    help="with --class_conditional: every block's layer norms are also scaled and shifted by the label "
                         "embedding (adaLN, as VAR / DiT condition), not only the input tokens (measured: labels read no better, "
@@ -66,6 +69,8 @@ def main(argv=None):
     add_lm_args(p)
     add_run_args(p, project="flying_mnist")
     a = p.parse_args(argv)
+    if (a.ink_edges or a.ink_radius != 2) and not a.read_ink:
+        p.error("--ink_edges / --ink_radius shape what --read_ink reads: they need --read_ink")
     if a.label_modulation and not a.class_conditional:
         p.error("--label_modulation conditions on labels: it needs --class_conditional")
     try:
@@ -75,7 +80,8 @@ def main(argv=None):
                    n_head=a.n_head, n_embd=a.n_embd, dropout=a.dropout,
                    num_classes=NUM_DIGITS if a.class_conditional else 0, pos_emb=a.pos_emb,
                    prev_frames=a.prev_frames, prev_radius=a.prev_radius, same_frame=a.same_frame,
-                   label_modulation=a.label_modulation, read_ink=a.read_ink, ink_radius=a.ink_radius)
+                   label_modulation=a.label_modulation, read_ink=a.read_ink, ink_radius=a.ink_radius,
+                   ink_edges=a.ink_edges)
         codebook = None
         if a.code_embeddings and vae.config.get("motion_radius"):
             raise ValueError(f"--code_embeddings start the embeddings from the codebook, but {a.tokens_input_file} holds "

@@ -45,6 +45,7 @@ class GPTConfig:
     same_frame: bool = False         # with prev_frames: also the cells already generated around it in its own frame
     read_ink: bool = False           # each token also reads which cells of the previous *decoded* frame hold ink,
     ink_radius: int = 2              # (2 r + 1)^2 around its own (PreviousInk; the sampler decodes as it goes)
+    ink_edges: bool = False          # with read_ink: cells off the frame read -1, not 0 (the frame's edge is seen)
 
     def __post_init__(self):
         self.grid = tuple(int(g) for g in self.grid)
@@ -178,7 +179,8 @@ class NeighbourCodes(nn.Module):
 class PreviousInk(nn.Module):
     """What a token at grid cell (t, y, x) can see of the pixels before it: which cells (t - 1, y + dy, x + dx),
     |dy|, |dx| <= radius, of the previous *decoded* frame hold ink (models.vqvae.cell_ink), one linear map of those
-    (2 r + 1)^2 bits; zero for cells off the grid and in the first frame.
+    (2 r + 1)^2 bits; zero in the first frame, and for cells off the grid (edges: -1 there, so the edge a digit
+    bounces off is seen like the ink it moves).
 
     A motion token moves a block of the previous decoded frame, so what it draws depends on pixels the tokens
     alone do not show: where a digit's ink is after all the moves so far. Without them a GPT on motion tokens
@@ -187,9 +189,10 @@ class PreviousInk(nn.Module):
     so it adds no information the sequence does not hold, only computation the model could not do.
     Sequence position p predicts code p and reads frame (p // (h w)) - 1, complete by then."""
 
-    def __init__(self, grid, radius: int, out_dim: int):
+    def __init__(self, grid, radius: int, out_dim: int, edges: bool = False):
         super().__init__()
         t, h, w = grid
+        self.edges = edges
         r = range(-radius, radius + 1)
         code = torch.arange(t * h * w)
         ct, cy, cx = code // (h * w), (code // w) % h, code % w
@@ -197,8 +200,9 @@ class PreviousInk(nn.Module):
         for dy in r:
             for dx in r:
                 ny, nx = cy + dy, cx + dx
-                ok = (ct >= 1) & (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
-                cols.append(torch.where(ok, (ct - 1) * h * w + ny * w + nx, -1))  # that cell's index in the ink map
+                on = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
+                idx = torch.where(on, (ct - 1) * h * w + ny * w + nx, -1)  # that cell's index in the ink map
+                cols.append(torch.where(ct >= 1, idx, -2))  # -1: off the frame, -2: no frame before
         self.register_buffer("table", torch.stack(cols, 1), persistent=False)  # (codes, K)
         self.proj = nn.Linear(len(cols), out_dim, bias=False)
 
@@ -209,7 +213,10 @@ class PreviousInk(nn.Module):
         if ink.shape[0] != nb.shape[0]:
             nb = nb.expand(ink.shape[0], -1, -1)
         bits = ink.to(self.proj.weight.dtype).gather(1, nb.clamp(min=0).flatten(1)).view(nb.shape)
-        return self.proj(bits.masked_fill(nb < 0, 0))
+        bits = bits.masked_fill(nb < 0, 0)
+        if self.edges:
+            bits = bits.masked_fill(nb == -1, -1)
+        return self.proj(bits)
 
 
 class GPT(ClassConditioned, nn.Module):
@@ -228,7 +235,7 @@ class GPT(ClassConditioned, nn.Module):
             raise ValueError(f"pos_emb must be '3d' or '1d', got {c.pos_emb!r}")
         self.neighbours = NeighbourCodes(c.grid, c.prev_frames, c.prev_radius, c.vocab_size, c.prev_dim, c.n_embd,
                                          c.same_frame) if c.prev_frames else None
-        self.prev_ink = PreviousInk(c.grid, c.ink_radius, c.n_embd) if c.read_ink else None
+        self.prev_ink = PreviousInk(c.grid, c.ink_radius, c.n_embd, c.ink_edges) if c.read_ink else None
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layer))
         self.ln_f = nn.LayerNorm(c.n_embd, bias=c.bias)

@@ -342,6 +342,13 @@ def test_read_ink_reads_the_previous_decoded_frame_and_sampling_equals_training_
     assert moved[:32].max() == 0 and (moved[32:] > 0).all()
     with pytest.raises(ValueError, match="ink"):
         m(x)
+    edges = tiny_gpt(grid=(3, 4, 4), block_size=8, read_ink=True, ink_radius=1, ink_edges=True)
+    edges.load_state_dict(m.state_dict())
+    pos = torch.arange(48)[None]
+    differ = (edges.prev_ink(ink, pos) - m.prev_ink(ink, pos)).abs().amax(-1)[0].view(3, 4, 4) > 0
+    inner = torch.zeros(4, 4, dtype=torch.bool)
+    inner[1:3, 1:3] = True  # the cells whose 3x3 neighbourhood lies inside the 4x4 frame
+    assert not differ[0].any() and (differ[1:] == ~inner).all()  # frame 0 reads nothing; later the edge reads -1
 
     def ink_fn(seq):  # a stand-in for InkTracker: frame f's cells "hold ink" where its tokens are odd
         out = torch.zeros(len(seq), 48)
