@@ -43,8 +43,8 @@ def test_cached_sampling_stays_in_the_trained_window(monkeypatch):
     real_sample, forward = gpt.sample_logits, m.forward
     monkeypatch.setattr(gpt, "sample_logits", lambda logits, *a, **k: seen.append(logits) or real_sample(logits, *a, **k))
 
-    def spy(idx, start=0, targets=None, caches=None, y=None, history=None):
-        out = forward(idx, start=start, targets=targets, caches=caches, y=y, history=history)
+    def spy(idx, start=0, caches=None, **kw):
+        out = forward(idx, start=start, caches=caches, **kw)
         reads.append(max(idx.shape[1], caches[0]["k"].shape[2] if caches else 0))
         return out
     monkeypatch.setattr(m, "forward", spy)
