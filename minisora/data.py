@@ -327,21 +327,20 @@ class TokenWindows(Dataset):
             last = self.array.shape[1] - -(-self.block_size // frame)  # the crop keeps >= block_size codes
             k = 0 if self.motion_tokens else int(torch.randint(0, last + 1, (), generator=g).item())
             codes, start = codes[k * frame:], 0
-        else:
-            k, frame = 0, 0
+        cut = self.seq_len - 1 - len(codes)  # the cells cut from the clip's front (a first-frame window)
         full = np.concatenate([[self.bos], codes])
         read = self.corrupt(full, g) if self.input_noise else full  # what the model reads; targets come from full
         if self.context is not None:  # sparse window predicting the token after position q = start + block_size - 1
             pos = np.asarray(self.context(start + self.block_size))
             x, y = torch.from_numpy(read[pos]), torch.from_numpy(full[pos + 1])
-            return self._extras({"x": x, "y": y, "start": torch.from_numpy(pos), "row": row}, read, k * frame)
+            return self._extras({"x": x, "y": y, "start": torch.from_numpy(pos), "row": row}, read, cut)
         x = torch.from_numpy(read[start:start + self.block_size])
         y = torch.from_numpy(full[start + 1:start + self.block_size + 1].copy())
         if self.only_predict_last:  # a growing prefix predicts one next token: loss on a random position only
             k = int(torch.randint(0, self.block_size, (), generator=g).item())
             y[:k] = -1
             y[k + 1:] = -1
-        return self._extras({"x": x, "y": y, "start": start, "row": row}, read, k * frame)
+        return self._extras({"x": x, "y": y, "start": start, "row": row}, read, cut)
 
     def window_start(self, g: torch.Generator) -> int:
         """A window's first position: uniform over block_size - 1 more starts on each side than fit, clipped to

@@ -73,17 +73,14 @@ def ink_maps(tokens, vae, batch_size: int = 64):
     motion tokens `tokens` (N, t, h, w) of the tokenizer `vae` (a VAEHandle): what a GPT with read_ink reads."""
     import numpy as np
 
-    from models.vqvae import cell_ink
-
     if not vae.config.get("motion_radius"):
         raise ValueError("ink maps read the decoded frames of motion tokens (tokenize_videos.py --motion_tokens); "
                          f"{vae.reference} codes every frame")
     out = np.zeros((len(tokens), int(np.prod(tokens.shape[1:]))), dtype=np.uint8)
     for i in range(0, len(tokens), batch_size):
-        c = torch.from_numpy(np.asarray(tokens[i:i + batch_size]).astype(np.int64)).to(vae.device)
-        video = vae.decode_codes(c)  # (b, 3, T, H, W)
-        ink = cell_ink(video.transpose(1, 2).flatten(0, 1), vae.spatial_stride)  # (b T, h, w)
-        out[i:i + len(c)] = ink.view(len(c), -1).cpu().numpy()
+        c = torch.from_numpy(np.asarray(tokens[i:i + batch_size]).astype(np.int64)).to(vae.device).flatten(1)
+        seq = torch.cat([c.new_zeros(len(c), 1), c], 1)  # [BOS, tokens]: the sequence a sampler tracks
+        out[i:i + len(c)] = InkTracker(vae.module, tokens.shape[1:])(seq).cpu().numpy()
     return out
 
 

@@ -253,16 +253,13 @@ def match_cells(prev: torch.Tensor, cur: torch.Tensor, cell: int, radius: int, i
     cost = err + smoothness * (motion_offsets(radius, err.device) ** 2).sum(1).to(err.dtype).view(k, 1, 1, 1)
     best = cost.argmin(0)
 
-    def ink(x):
-        return cell_ink(x, cell, ink_level)
-
-    ink_now = ink(cur)
+    ink_now = cell_ink(cur, cell, ink_level)
     votes = F.one_hot(best, k).permute(0, 3, 1, 2).to(err.dtype) * ink_now[:, None]
     votes = F.avg_pool2d(votes, 5, 1, 2, count_include_pad=False)
     common = votes.argmax(1)
     agree = (votes.amax(1) > 0) & (err.gather(0, common[None])[0] <= err.gather(0, best[None])[0] + tolerance)
     v = torch.where(agree, common, best)
-    near_ink = F.max_pool2d((ink_now | ink(prev)).to(err.dtype)[:, None], 3, 1, 1)[:, 0] > 0
+    near_ink = F.max_pool2d((ink_now | cell_ink(prev, cell, ink_level)).to(err.dtype)[:, None], 3, 1, 1)[:, 0] > 0
     v = torch.where(near_ink, v, torch.full_like(v, k // 2))
     if blank:
         v = torch.where(ink_now, v, torch.full_like(v, k))

@@ -367,7 +367,7 @@ def test_ink_tracker_decodes_as_it_goes_and_matches_the_training_ink_maps():
     from dataclasses import asdict
     from minisora.lit_gpt import InkTracker, ink_maps
     from minisora.resolve import VAEHandle
-    from models.vqvae import VideoVAE, make_config
+    from models.vqvae import VideoVAE, cell_ink, make_config
 
     torch.manual_seed(0)
     cfg = make_config("s4t1_m_vq", channels=(8, 8, 8), n_codes=16, motion_radius=1)
@@ -381,6 +381,8 @@ def test_ink_tracker_decodes_as_it_goes_and_matches_the_training_ink_maps():
     maps = ink_maps(tokens, handle, batch_size=2)
     assert maps.shape == (3, 64) and maps.dtype == np.uint8 and 0 < maps.mean() < 1
     assert (maps[:, :16] == tokens[:, 0].reshape(3, 16) % 2).all()  # frame 0: the odd codes' cells
+    video = vae.decode_codes(torch.from_numpy(tokens))  # the whole clips decoded at once
+    assert (maps == cell_ink(video.transpose(1, 2).flatten(0, 1), 4).reshape(3, 64).numpy()).all()
     seq = torch.cat([torch.full((3, 1), 25), torch.from_numpy(tokens).flatten(1)], 1)
     tracker = InkTracker(vae, (4, 4, 4))
     part = tracker(seq[:, :1 + 16 + 5])  # frame 0 complete, frame 1 not
