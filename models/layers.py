@@ -61,6 +61,12 @@ class Conv3d(nn.Conv3d):
     edge frames then look like the inside of a still clip, so a tokenizer gives unchanged content the same
     code at the edges as inside (zeros make the first and last few latent frames differ from their
     neighbours even where nothing moved; see bench/bench_tokens.py, code persistence). Space keeps zeros.
+
+    On CPU the temporal zero padding is applied with F.pad rather than by the convolution: oneDNN's bf16
+    conv3d (PyTorch 2.14, AVX512-BF16 CPUs) returns a wrong weight gradient -- garbage, often NaN/1e36 --
+    when the conv pads time and the clip is short (e.g. 2 latent frames with padding 1: every tiny-test VQ
+    run had a chance of NaN weights after one step). bench/bench_conv3d_bf16.py: 54 of 1008 shapes wrong
+    with the conv padding time, none with time padded beforehand (checked in tests/test_vqvae_models.py).
     """
 
     def __init__(self, cin, cout, kernel=3, stride=1, causal=False, temporal_padding="zeros"):
@@ -79,6 +85,8 @@ class Conv3d(nn.Conv3d):
         super().__init__(cin, cout, k, s, padding=tuple(l for l, _ in pads) if symmetric else 0)
         # F.pad wants the last axis first: (w_l, w_r, h_l, h_r, t_l, t_r)
         self.pad = None if symmetric else tuple(p for lr in reversed(pads) for p in lr)
+        t_pad = self.padding[0]
+        self.cpu_time_pad = (0, 0, 0, 0, t_pad, t_pad) if t_pad else None  # see the class docstring
 
     def forward(self, x):
         if self.time_pad is not None:
@@ -86,6 +94,9 @@ class Conv3d(nn.Conv3d):
             x = x[:, :, torch.arange(-l, t + r, device=x.device).clamp(0, t - 1)]
         if self.pad is not None:
             x = F.pad(x, self.pad)
+        if self.cpu_time_pad is not None and x.device.type == "cpu":
+            return F.conv3d(F.pad(x, self.cpu_time_pad), self.weight, self.bias, self.stride,
+                            (0, *self.padding[1:]), self.dilation, self.groups)
         return super().forward(x)
 
 

@@ -540,3 +540,24 @@ def test_motion_tokens_encode_decode_and_config():
         plain = tok.clone()
         plain[:, 1:] = 5  # codes where motion tokens belong move nothing
         assert torch.allclose(model.decode_codes(plain), held)
+
+
+def test_conv3d_weight_grad_under_cpu_bf16_matches_fp32_for_short_clips():
+    """oneDNN's CPU bf16 conv3d gave garbage weight gradients (NaN at times) when the conv padded time and the
+    clip was 2 frames long; Conv3d pads time itself on CPU (bench/bench_conv3d_bf16.py)."""
+    from models.layers import Conv3d
+
+    torch.manual_seed(0)
+    for shape, channels_last, causal in [((2, 8, 2, 8, 8), True, False), ((2, 32, 2, 16, 16), False, False),
+                                         ((1, 32, 2, 8, 8), False, False), ((2, 32, 2, 8, 8), False, True)]:
+        conv = Conv3d(shape[1], shape[1], 3, causal=causal)
+        ref = Conv3d(shape[1], shape[1], 3, causal=causal)
+        ref.load_state_dict(conv.state_dict())
+        x = torch.randn(shape)
+        g = torch.randn(shape)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = conv(x.to(memory_format=torch.channels_last_3d) if channels_last else x)
+        y.backward(g.to(y.dtype))
+        ref(x).backward(g)
+        err = (conv.weight.grad - ref.weight.grad).abs().max() / ref.weight.grad.abs().max()
+        assert err < 0.05, (shape, channels_last, causal, float(err))
