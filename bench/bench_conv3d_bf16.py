@@ -3,7 +3,7 @@ padding time itself (nn.Conv3d) and time padded beforehand with F.pad (what mode
 CPU). On PyTorch 2.14 / oneDNN with AVX512-BF16 the first is wrong for short clips (e.g. 2 frames, padding
 1): relative errors of 1 to 1e36, NaN at times; the second matches fp32 everywhere.
 
-    python bench/bench_conv3d_bf16.py        # ~3 min on 2 cores; prints the bad shapes of each way
+    python bench/bench_conv3d_bf16.py        # ~2 min on 2 cores; prints the bad shapes of each way
 """
 from __future__ import annotations
 
