@@ -153,8 +153,11 @@ class LitLM(L.LightningModule):
                      temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
                      y: torch.Tensor | None = None, cfg_scale: float = 1.0,
                      later_temperature: float | None = None, first_frame_candidates: int = 1,
-                     ink_temperature: float | None = None, guide=None, guide_scale: float = 1.0) -> torch.Tensor:
-        """Generate whole code grids (n, t, h, w). prompt_codes (n, t0, h, w): continue real first frames.
+                     ink_temperature: float | None = None, guide=None, guide_scale: float = 1.0,
+                     num_frames: int | None = None) -> torch.Tensor:
+        """Generate whole code grids (n, t, h, w). prompt_codes (n, t0, h, w): continue real first frames;
+        num_frames: stop after that many latent frames (n, num_frames, h, w), the first frames of the same draw
+        (bench/bench_first_frame.py draws only the first).
         temperature / top_k / top_p: None = the values the model was trained with (its hparams); top_k 0 and
         top_p 1 turn them off, temperature 0 is greedy. y (n, num_classes): label prompts (class-conditional
         GPT; None: the null label), cfg_scale: classifier-free guidance on the logits; later_temperature: the
@@ -179,7 +182,12 @@ class LitLM(L.LightningModule):
         split = vcfg["n_codes"] if vcfg.get("motion_radius") else None
         bos = torch.full((n, 1), h.n_codes, dtype=torch.long, device=self.device)
         prompt = bos if prompt_codes is None else torch.cat([bos, prompt_codes.reshape(n, -1).long().to(self.device)], 1)
-        total = math.prod(grid) + 1
+        frames = grid[0] if num_frames is None else num_frames
+        if not 0 < frames <= grid[0]:
+            raise ValueError(f"num_frames must be in 1..{grid[0]} (the model's latent frames), got {num_frames}")
+        total = frames * grid[1] * grid[2] + 1
+        if prompt.shape[1] > total:
+            raise ValueError(f"the prompt holds more than num_frames={frames} latent frames")
         g = torch.Generator(device=self.device).manual_seed(seed)
         was = self.model.training
         self.model.eval()
@@ -200,7 +208,7 @@ class LitLM(L.LightningModule):
                 prompt = self.pick_first_frames(cands.view(n, k, -1), y)
             seq = draw(prompt, total - prompt.shape[1], y)
         self.model.train(was)
-        return seq[:, 1:].reshape(n, *grid)
+        return seq[:, 1:].reshape(n, frames, *grid[1:])
 
     def ink(self, ink_temperature: float | None) -> dict:
         """generate() keywords of the digit-code temperature (None: the trained default): the temperature and the

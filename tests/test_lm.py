@@ -512,6 +512,22 @@ def test_ink_temperature_uses_the_checkpoints_background_codes():
     assert 0.2 < digit.float().mean() < 0.8 and torch.equal(codes[digit], likeliest_digit[digit])
 
 
+def test_num_frames_stops_the_same_draw_early():
+    """sample_codes(num_frames=1) is the first latent frame of the whole draw with the same seed (what
+    bench/bench_first_frame.py scores); a count outside 1..t is refused."""
+    from minisora.lit_gpt import LitLM
+
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=33, grid=(2, 2, 4), block_size=16, n_layer=1, n_head=2, n_embd=32, dropout=0.0)
+    module = LitLM("gpt", cfg.to_dict(), 32, [2, 2, 4], "none")
+    whole, first = module.sample_codes(5, seed=3), module.sample_codes(5, seed=3, num_frames=1)
+    assert whole.shape == (5, 2, 2, 4) and first.shape == (5, 1, 2, 4) and torch.equal(first, whole[:, :1])
+    assert not torch.equal(whole[:, :1], module.sample_codes(5, seed=4, num_frames=1))
+    for bad in (0, 3):
+        with pytest.raises(ValueError, match="num_frames must be in 1..2"):
+            module.sample_codes(1, num_frames=bad)
+
+
 @pytest.mark.parametrize("kind", ["gpt", "mamba"])
 def test_later_temperature_applies_past_the_first_latent_frame(kind):
     """later_temperature 0: every code after the first latent frame (16 codes of a (2, 4, 4) grid) is the argmax
