@@ -7,8 +7,8 @@
   5. sample videos prompted with val videos' digits (Euler, CFG)   -> runs/demo/samples/grid.gif
   6. evaluate samples and VAE reconstructions against real videos  -> runs/demo/results.json
   (--with_gpt adds a per-frame VQ-VAE warm-started from the KL-VAE, 4096 more videos tokenized for a
-   digit-conditioned GPT -- it memorises 1024 -- that reads earlier frames around each cell, the GPT, sampled,
-   prompted, continued and evaluated)
+   digit-conditioned GPT -- it memorises 1024 -- that reads earlier frames around each cell, the GPT, sampled
+   (digits drawn from the training data's -> runs/demo/gpt_samples/grid.gif), prompted, continued and evaluated)
 
     bash train.sh python demo.py                   # or: python demo.py --minutes 10 (shorter training)
 
@@ -170,13 +170,19 @@ def main(argv=None):
                       *GPT_RECIPE,
                       "--max_time", hms(gen_minutes), "--eval_interval", 200, "--eval_iters", 4,
                       "--sample_interval", 0, "--num_workers", 1, "--run_name", "demo_gpt", *tiny_gpt], gpt, resumable=True)
+        # its samples nobody prompted: each video's digits drawn from the training data's, then guided (as RCG)
+        run("+ GPT samples", ["sample.py", "--checkpoint", gpt, "--num_videos", a.num_videos, "--prior_labels",
+                              "--cfg_scale", CFG_SCALE, "--output_dir", out / "gpt_samples"], out / "gpt_samples" / "grid.gif")
     n_eval = 8 if a.tiny else a.eval_videos
     tiny_eval = ["--feature_steps", 10] if a.tiny else []
     evals = [("ST-DiT (rf)", out / "results.json",
               ["--checkpoint", dit, "--prompted", "--cfg_scale", CFG_SCALE, "--sampler", SAMPLER, "--steps", STEPS, "--vae", vae])]
     if a.with_gpt:
+        # samples nobody prompted, two ways: the null label, and digits drawn from the training data's then guided
+        # (--prior_labels, as RCG; README "Samples nobody prompted")
         evals.append(("GPT", out / "results_gpt.json", ["--checkpoint", gpt, "--continuation", 4, "--prompted",
-                                                        "--cfg_scale", CFG_SCALE, "--continuation_cfg", CFG_SCALE]))
+                                                        "--prior_labels", "--cfg_scale", CFG_SCALE,
+                                                        "--continuation_cfg", CFG_SCALE]))
     for label, res, args in evals:
         run(f"6/6 evaluate {label}", ["evaluate.py", "--dataset", a.name, "--num_fmd", n_eval, "--num_videos", n_eval,
                                       *args, "--output", res, *tiny_eval], res)
@@ -201,7 +207,7 @@ def main(argv=None):
           f"  samples:         {out / 'samples'}/grid.gif, grid.mp4, 000.mp4 ... (prompts: {' '.join(prompts)})\n"
           f"  evaluation:      {out / 'results.json'}")
     if a.with_gpt:
-        print(f"  GPT samples:     {gpt.parent.parent / 'samples'}\n"
+        print(f"  GPT samples:     {out / 'gpt_samples'}/grid.gif (digits drawn from the training data's)\n"
               f"  GPT continuations (first 4 frames given, prompted with their digits): {WORK / 'runs/evaluate/continuation_demo_gpt.gif'}")
 
 

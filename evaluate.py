@@ -8,6 +8,7 @@ reconstructions scored by all of these plus PSNR/SSIM and colour error. Prints a
   python evaluate.py --dataset flying_mnist_demo --videos runs/demo/samples       # a folder of mp4s
   python evaluate.py --dataset flying_mnist_demo --checkpoint runs/iddpm/<run>/checkpoints/last.ckpt
   python evaluate.py ... --checkpoint <class-conditional run> --prompted --cfg_scale 2   # + prompt accuracy
+  python evaluate.py ... --checkpoint <class-conditional run> --prior_labels --cfg_scale 3   # unprompted, RCG-style
   python evaluate.py --dataset flying_mnist_demo --vae runs/train_vqvae/<run>/checkpoints/last.ckpt   # reconstruction
   python evaluate.py ... --i3d path/to/i3d_torchscript.pt                          # + FVD
 
@@ -35,7 +36,8 @@ from minisora.data import VideoDataset, hold_last_frame, load_labels, to_model_r
 from minisora.evaluation import (FMD, DigitCNN, FeatureNet, colour_error, continuation_metrics, given_classes,
                                  fd_with_ci, i3d_features, prompt_scores, to_float, train_digit_classifier,
                                  train_feature_net, video_metrics)
-from minisora.generate import continue_videos, generate_videos, label_prompts, load_generator, load_guide, num_classes
+from minisora.generate import (continue_videos, generate_videos, label_prompts, load_generator, load_guide, num_classes,
+                               prior_label_sets)
 from minisora.video_io import list_videos, read_video, save_video_grid, to_uint8_frames
 
 COLUMNS = ["videos", "FMD", "legibility", "legible_per_frame", "digits_per_frame", "mean_speed_px", "motion_residual_px",
@@ -89,6 +91,10 @@ def main(argv=None):
     p.add_argument("--prompted", action="store_true",
                    help="class-conditional checkpoint: also sample one video per val video, prompted with its digits, "
                         "and report prompt accuracy")
+    p.add_argument("--prior_labels", action="store_true",
+                   help="class-conditional checkpoint: also sample one video per val video (as --prompted), its digit "
+                        "set drawn from the training data's (kept in the checkpoint), guided by it (--cfg_scale): "
+                        "samples nobody prompted, scored with prompt accuracy against the drawn sets")
     p.add_argument("--continuation", type=int, default=0, metavar="K",
                    help="next-token checkpoint: also continue each real val video from its first K frames (a multiple "
                         "of the VAE's temporal stride; only those are encoded) and score the generated frames "
@@ -111,8 +117,8 @@ def main(argv=None):
     p.add_argument("--output", default=None, help="JSON results (default <cache_dir>/results_<name>.json)")
     p.add_argument("--track", action="store_true", help="log the results to wandb")
     a = p.parse_args(argv)
-    if (a.prompted or a.continuation) and not a.checkpoint:
-        sys.exit("error: --prompted / --continuation sample from a --checkpoint")
+    if (a.prompted or a.prior_labels or a.continuation) and not a.checkpoint:
+        sys.exit("error: --prompted / --prior_labels / --continuation sample from a --checkpoint")
     if a.continuation_cfg and not a.continuation:
         sys.exit("error: --continuation_cfg prompts the --continuation K videos: give --continuation")
     t0 = time.time()
@@ -170,6 +176,17 @@ def main(argv=None):
             print(f"[evaluate] sampling {n_val} videos prompted with the val videos' digits (cfg scale {a.cfg_scale})")
             sets["generated (prompted)"] = sample(module, n_val, a, y=y, cfg_scale=a.cfg_scale, guide=guide)
             extra["generated (prompted)"] = prompt_scores(sets["generated (prompted)"], val_labels, clf)
+        if a.prior_labels:
+            try:
+                drawn = prior_label_sets(module, n_val, a.seed)
+            except ValueError as e:
+                sys.exit(f"error: {e}")
+            print(f"[evaluate] sampling {len(drawn)} videos prompted with digit sets drawn from the training data's "
+                  f"(cfg scale {a.cfg_scale})")
+            key = "generated (labels drawn from the training data)"
+            sets[key] = sample(module, len(drawn), a, y=label_prompts(drawn, num_classes(module), device),
+                               cfg_scale=a.cfg_scale, guide=guide)
+            extra[key] = prompt_scores(sets[key], drawn, clf)
     if val_labels is not None:  # what the classifier reads in real videos: the ceiling of prompt accuracy
         extra["real (val)"] = prompt_scores(real_val, val_labels, clf)
     if a.vae:

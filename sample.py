@@ -8,6 +8,7 @@ codebook size, VAE reference).
   python sample.py --checkpoint <an --objective rf run> --sampler heun --steps 15   # rf: euler (default) | heun
   python sample.py --checkpoint ... --labels 3 7 --cfg_scale 2           # class-conditional models (--extras 2)
   python sample.py --checkpoint ... --prompts 3,7 1 0,5 --cfg_scale 2    # one digit set per video (cycled)
+  python sample.py --checkpoint ... --prior_labels --cfg_scale 3        # digits drawn as often as in the training data
   python sample.py --checkpoint runs/train_latent_nanogpt/<run>/checkpoints/last.ckpt --temperature 1 --top_k 100
 """
 from __future__ import annotations
@@ -20,7 +21,8 @@ from pathlib import Path
 import torch
 
 from minisora.cli import add_token_sampling_args, add_vae_arg, token_sampling
-from minisora.generate import generate_videos, is_diffusion, label_prompts, load_generator, load_guide, num_classes
+from minisora.generate import (generate_videos, is_diffusion, label_prompts, load_generator, load_guide, num_classes,
+                               prior_label_sets)
 from minisora.video_io import save_video_grid
 
 
@@ -44,6 +46,10 @@ def main(argv=None):
                    "models, diffusion or GPT), the same set for every video")
     d.add_argument("--prompts", nargs="+", default=None, metavar="SET",
                    help="one digit set per video, cycled, e.g. --prompts 3,7 1 0,5 (class-conditional models)")
+    d.add_argument("--prior_labels", action="store_true",
+                   help="class-conditional models, no prompt of yours: draw each video's digit set from the training "
+                        "data's (kept in the checkpoint) and sample guided by it (--cfg_scale), as RCG samples "
+                        "unconditionally (README: 'Samples nobody prompted')")
     d.add_argument("--cfg_scale", type=float, default=1.0, help="classifier-free guidance scale (with --labels/--prompts; "
                                                                 "GPTs: on the logits)")
     add_token_sampling_args(p)
@@ -61,6 +67,15 @@ def main(argv=None):
             sampler = module.diffusion.resolve_sampler(a.sampler)
         except ValueError as e:
             sys.exit(f"error: --sampler: {e}")
+    if a.prior_labels and (a.labels is not None or a.prompts is not None):
+        sys.exit("error: --prior_labels draws the digits itself: drop --labels/--prompts")
+    drawn = None
+    if a.prior_labels:
+        try:
+            drawn = prior_label_sets(module, a.num_videos, a.seed)
+        except ValueError as e:
+            sys.exit(f"error: {e}")
+        y = label_prompts(drawn, num_classes(module), device)
     if a.labels is not None or a.prompts is not None:
         k = num_classes(module)
         if not k:
@@ -95,6 +110,9 @@ def main(argv=None):
     ink = None if diffusion else h.get("ink_temperature") if a.ink_temperature is None else a.ink_temperature
     if ink is not None:
         how += f", digit codes at temperature {ink}"
+    if drawn is not None:
+        how += f", digits drawn from the training data's at guidance {a.cfg_scale}: " + " ".join(
+            ",".join(map(str, d)) for d in drawn)
     if guide is not None and a.guide_scale != 1.0:
         how += f", autoguided by {a.guide_checkpoint} at scale {a.guide_scale}"
     print(f"[sample] {a.num_videos} videos ({how}) in {dt:.1f}s "

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from minisora.cli import add_diffusion_args, add_loop_args, add_run_args, add_vae_arg, diffusion_settings
-from minisora.data import NUM_DIGITS, LatentDataset, VideoDataset, collate_videos, stage_labels, to_model_range
+from minisora.data import NUM_DIGITS, LatentDataset, VideoDataset, collate_videos, label_prior, stage_labels, to_model_range
 from minisora.lit_diffusion import LitDiffusion
 from minisora.resolve import load_stage_and_vae, load_vae
 from minisora.stagefile import channel_stats, latent_stats
@@ -79,6 +79,7 @@ def main(argv=None):
                                 data_dir=a.data_dir, num_clips_per_video=a.num_clips_per_video, random_clip=True,
                                 as_uint8=True, on_error=a.on_bad_video, return_metadata=a.extras == 2)
             mean, std = estimate_stats(vae, data, a.batch_size, a.latent_stat_batches)
+            labels = data.labels
         for flag, mine, theirs in (("--ae_temporal_stride", a.ae_temporal_stride, vae.temporal_stride),
                                    ("--ae_spatial_stride", a.ae_spatial_stride, vae.spatial_stride)):
             if mine is not None and mine != theirs:
@@ -98,7 +99,8 @@ def main(argv=None):
                            "source": a.latents_input_file or f"{a.dataset} (encoded on the fly)"},
                           a.vae, lr=a.lr, warmup_steps=a.warmup_steps, ema_decay=a.ema_decay,
                           sample_sampler=a.sampler, sample_steps=a.sample_steps, num_samples=a.num_samples,
-                          sample_dir=str(out / "samples"), cfg_scale=a.cfg_scale)
+                          sample_dir=str(out / "samples"), cfg_scale=a.cfg_scale,
+                          label_prior=label_prior(labels) if labels else None)
     module.vae = vae
     n = sum(p.numel() for p in module.model.parameters())
     print(f"[train_dit] {a.model} ({a.objective}): {n / 1e6:.2f}M params, latents {shape}, {len(data)} clips/epoch; run dir {out}")

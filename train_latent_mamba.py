@@ -36,9 +36,10 @@ def main(argv=None, script: str = "train_latent_mamba"):
     try:
         arr, meta, vae = load_stage_and_vae(a.tokens_input_file, "tokens", a.vae, script)
         n_codes = meta.get("n_codes") or vae.n_codes
+        labels = stage_labels(meta) if a.class_conditional else None
         train, val = token_splits(arr, a.val_fraction, a.block_size, n_codes, a.eval_interval * a.batch_size *
                                   a.accumulate_grad_batches, a.eval_iters * a.batch_size,
-                                  labels=stage_labels(meta) if a.class_conditional else None,
+                                  labels=labels,
                                   **training_windows(a, vae))
     except (ValueError, FileNotFoundError, ConnectionError) as e:
         sys.exit(f"error: {e}")
@@ -46,7 +47,7 @@ def main(argv=None, script: str = "train_latent_mamba"):
                expand=a.expand, use_kernels=not a.no_kernels, grid=list(arr.shape[1:]), block_size=a.block_size,
                num_classes=NUM_DIGITS if a.class_conditional else 0)
     out = start_run(a, script)
-    module = LitLM.from_flags(a, "mamba", cfg, n_codes, arr, vae, str(out / "samples"), val.rows)
+    module = LitLM.from_flags(a, "mamba", cfg, n_codes, arr, vae, str(out / "samples"), val.rows, labels)
     fit(a, module, train, val, out=out, script=script, checkpoints=LitLM.checkpoints)
 
 

@@ -50,14 +50,15 @@ def main(argv=None):
         cfg = dict(vocab_size=n_codes + 1, grid=list(arr.shape[1:]), block_size=window, n_layer=a.n_layer,
                    n_head=a.n_head, n_embd=a.n_embd, dropout=a.dropout,
                    num_classes=NUM_DIGITS if a.class_conditional else 0, pos_emb="1d" if a.use_1d_pos_emb else "3d")
+        labels = stage_labels(meta) if a.class_conditional else None
         train, val = token_splits(arr, a.val_fraction, a.block_size, n_codes, a.eval_interval * a.batch_size *
                                   a.accumulate_grad_batches, a.eval_iters * a.batch_size, a.only_predict_last,
-                                  labels=stage_labels(meta) if a.class_conditional else None,
+                                  labels=labels,
                                   **training_windows(a, vae))
     except (ValueError, FileNotFoundError, ConnectionError) as e:
         sys.exit(f"error: {e}")
     out = start_run(a, SCRIPT)
-    module = LitLM.from_flags(a, "gpt", cfg, n_codes, arr, vae, str(out / "samples"), val.rows)
+    module = LitLM.from_flags(a, "gpt", cfg, n_codes, arr, vae, str(out / "samples"), val.rows, labels)
     fit(a, module, train, val, out=out, script=SCRIPT, checkpoints=LitLM.checkpoints)
 
 

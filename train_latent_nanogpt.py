@@ -100,15 +100,16 @@ def main(argv=None):
             t0 = time.time()
             ink = ink_maps(arr, vae)  # ValueError unless motion tokens
             print(f"[{SCRIPT}] ink maps of {len(arr)} clips' decoded frames: {time.time() - t0:.0f} s")
+        labels = stage_labels(meta) if a.class_conditional else None
         train, val = token_splits(arr, a.val_fraction, a.block_size, n_codes, a.eval_interval * a.batch_size *
                                   a.accumulate_grad_batches, a.eval_iters * a.batch_size, context=context,
-                                  labels=stage_labels(meta) if a.class_conditional else None,
+                                  labels=labels,
                                   with_history=a.prev_frames > 0, ink=ink,
                                   **training_windows(a, vae))
     except (ValueError, FileNotFoundError, ConnectionError) as e:
         sys.exit(f"error: {e}")
     out = start_run(a, SCRIPT)
-    module = LitLM.from_flags(a, "gpt", cfg, n_codes, arr, vae, str(out / "samples"), val.rows)
+    module = LitLM.from_flags(a, "gpt", cfg, n_codes, arr, vae, str(out / "samples"), val.rows, labels)
     if codebook is not None:
         module.model.set_code_vectors(codebook)
     fit(a, module, train, val, out=out, script=SCRIPT, checkpoints=LitLM.checkpoints)

@@ -263,6 +263,24 @@ def stage_labels(meta: dict) -> list[list[int]]:
     return load_labels(Path(src["dataset"]) / src["split"], src["files"])
 
 
+def label_prior(label_sets: list[list[int]]) -> dict:
+    """The digit sets of a training set and how often each occurs, {"sets": [[3], [3, 7], ...], "counts": [...]}
+    (JSON-like: kept in class-conditional checkpoints as `label_prior`), what draw_label_sets samples prompts from."""
+    counts: dict[tuple, int] = {}
+    for s in label_sets:
+        key = tuple(sorted(set(int(d) for d in s)))  # a prompt is a multi-hot set: repeats and order do not count
+        counts[key] = counts.get(key, 0) + 1
+    keys = sorted(counts)
+    return {"sets": [list(k) for k in keys], "counts": [counts[k] for k in keys]}
+
+
+def draw_label_sets(prior: dict, n: int, seed: int = 0) -> list[list[int]]:
+    """n digit sets drawn from a label_prior (each set as often as in the training data), reproducibly by seed."""
+    p = np.asarray(prior["counts"], dtype=np.float64)
+    picks = np.random.default_rng(seed).choice(len(p), size=n, p=p / p.sum())
+    return [list(prior["sets"][i]) for i in picks]
+
+
 def multi_hot(labels: list[int], classes: int = NUM_DIGITS) -> torch.Tensor:
     """A digit set as a float multi-hot (classes,) vector (the `labels` of every dataset and prompt)."""
     y = torch.zeros(classes)

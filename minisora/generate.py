@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from minisora.checkpoint import load_checkpoint
-from minisora.data import hold_last_frame, multi_hot
+from minisora.data import draw_label_sets, hold_last_frame, multi_hot
 from minisora.resolve import load_vae, resolve_checkpoint_path
 from models import build_model
 
@@ -21,14 +21,14 @@ def load_generator(ref: str, device: str = "cpu", vae: str | None = None):
     if kind in DIFFUSION:
         from minisora.lit_diffusion import LitDiffusion
         module = LitDiffusion(kind, meta["config"], meta["diffusion"], meta["latent"], vae or meta["vae"],
-                              ema_decay=meta.get("ema_decay", 0.9999))
+                              ema_decay=meta.get("ema_decay", 0.9999), label_prior=meta.get("label_prior"))
     elif kind in TOKEN_MODELS:
         from minisora.lit_gpt import LitLM
         # the sampling defaults it was trained with (--temperature, --top_k, ..., --ink_temperature and the background
         # codes that needs); LitLM's own defaults for checkpoints that lack one
         hp = ckpt.get("hyper_parameters") or {}
         module = LitLM(kind, meta["config"], meta["n_codes"], meta["grid"], vae or meta["vae"],
-                       **{k: hp[k] for k in LitLM.SAMPLING_DEFAULTS if k in hp})
+                       label_prior=meta.get("label_prior"), **{k: hp[k] for k in LitLM.SAMPLING_DEFAULTS if k in hp})
     else:
         raise ValueError(f"{ref} is a {kind!r} checkpoint, not a video generator ({', '.join(DIFFUSION + TOKEN_MODELS)})")
     module.load_state_dict(ckpt["state_dict"])
@@ -146,6 +146,18 @@ def continue_videos(module, real: torch.Tensor, given: int, batch_size: int = 8,
         video = vae.decode_codes(full.to(vae.device)).float().clamp(-1, 1)
         out.append(torch.cat([x[:, :, :given], video[:, :, given:]], 2).cpu())
     return torch.cat(out)
+
+
+def prior_label_sets(module, n: int, seed: int = 0) -> list[list[int]]:
+    """n digit sets drawn from the training data's (the checkpoint's label_prior): prompts for samples nobody
+    prompted (sample.py / evaluate.py --prior_labels), drawn then guided like any prompt, as RCG draws its condition."""
+    prior = module.hparams.get("label_prior")
+    if not num_classes(module):
+        raise ValueError("--prior_labels draws digit prompts for a class-conditional model; this one is unconditional")
+    if not prior:
+        raise ValueError("--prior_labels: this checkpoint keeps no label prior (trained before checkpoints kept the "
+                         "training data's digit sets); prompt it with --labels / --prompts instead")
+    return draw_label_sets(prior, n, seed)
 
 
 def label_prompts(label_sets: list[list[int]], classes: int, device="cpu") -> torch.Tensor:

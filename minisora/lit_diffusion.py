@@ -22,7 +22,7 @@ class LitDiffusion(L.LightningModule):
     def __init__(self, kind: str, model_config: dict, diffusion: dict, latent: dict, vae_reference: str,
                  lr: float = 1e-4, weight_decay: float = 0.0, warmup_steps: int = 0, ema_decay: float = 0.9999,
                  sample_sampler: str | None = None, sample_steps: int = 25, num_samples: int = 2,
-                 sample_dir: str | None = None, cfg_scale: float = 1.0):
+                 sample_dir: str | None = None, cfg_scale: float = 1.0, label_prior: dict | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.model = build_model(kind, model_config)
@@ -120,4 +120,4 @@ class LitDiffusion(L.LightningModule):
         h = self.hparams
         checkpoint["minisora"] = {"format_version": FORMAT_VERSION, "kind": h.kind, "config": dict(h.model_config),
                                   "diffusion": dict(h.diffusion), "latent": dict(h.latent),
-                                  "vae": h.vae_reference, "ema_decay": h.ema_decay}
+                                  "vae": h.vae_reference, "ema_decay": h.ema_decay, "label_prior": h.get("label_prior")}

@@ -94,7 +94,7 @@ class LitLM(L.LightningModule):
                  beta2: float = 0.99, weight_decay: float = 0.1, sample_dir: str | None = None,
                  temperature: float = 1.0, top_k: int | None = 100, top_p: float | None = None, num_samples: int = 1,
                  prompt_frames: int = 0, later_temperature: float | None = None, ink_temperature: float | None = None,
-                 background_codes: list[int] | None = None):
+                 background_codes: list[int] | None = None, label_prior: dict | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.model = build_model(kind, model_config)
@@ -102,15 +102,19 @@ class LitLM(L.LightningModule):
         self.prompts = None   # (B, t, h, w) codes of real videos for continuation samples
 
     @classmethod
-    def from_flags(cls, a, kind: str, model_config: dict, n_codes: int, array, vae, sample_dir: str, prompt_rows=None):
+    def from_flags(cls, a, kind: str, model_config: dict, n_codes: int, array, vae, sample_dir: str, prompt_rows=None,
+                   labels: list[list[int]] | None = None):
         """The module the token scripts train, from the flags of minisora.cli.add_lm_args; `vae` (a VAEHandle)
-        decodes its samples, `prompt_rows` (held-out rows of `array`) give the continuation samples' first frames."""
+        decodes its samples, `prompt_rows` (held-out rows of `array`) give the continuation samples' first frames,
+        `labels` (class-conditional: every row's digits) the label prior its checkpoints keep (--prior_labels)."""
         import numpy as np
+
+        from minisora.data import label_prior
 
         module = cls(kind, model_config, n_codes, list(array.shape[1:]), vae.reference, a.lr, a.min_lr, a.warmup_steps,
                      a.lr_decay_iters, a.beta2, a.weight_decay, sample_dir, a.temperature, a.top_k, a.top_p,
                      a.num_samples, a.prompt_frames, a.later_temperature, a.ink_temperature,
-                     background_codes(array, vae, n_codes))
+                     background_codes(array, vae, n_codes), label_prior(labels) if labels else None)
         module.vae = vae
         first = prompt_rows[0] if prompt_rows else 0
         module.prompts = torch.from_numpy(np.asarray(array[first:first + 1]).astype(np.int64))
@@ -311,4 +315,5 @@ class LitLM(L.LightningModule):
     def on_save_checkpoint(self, checkpoint):
         h = self.hparams
         checkpoint["minisora"] = {"format_version": FORMAT_VERSION, "kind": h.kind, "config": dict(h.model_config),
-                                  "n_codes": h.n_codes, "grid": list(h.grid), "vae": h.vae_reference}
+                                  "n_codes": h.n_codes, "grid": list(h.grid), "vae": h.vae_reference,
+                                  "label_prior": h.get("label_prior")}

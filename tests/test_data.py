@@ -62,6 +62,18 @@ def test_metadata_labels(tiny_data):
         assert set(torch.nonzero(item["labels"]).flatten().tolist()) == set(r["labels"])
 
 
+def test_label_prior_counts_digit_sets_and_draws_them_as_often():
+    """label_prior keeps each training digit set (as a set: order and repeats do not count) with its count;
+    draw_label_sets draws them in those proportions, the same draws for the same seed."""
+    from minisora.data import draw_label_sets, label_prior
+    prior = label_prior([[3, 7], [7, 3], [1], [1, 1], [1], [5]])
+    assert prior == {"sets": [[1], [3, 7], [5]], "counts": [3, 2, 1]}
+    drawn = draw_label_sets(prior, 6000, seed=1)
+    share = {tuple(s): drawn.count(s) / 6000 for s in prior["sets"]}
+    assert share == pytest.approx({(1,): 0.5, (3, 7): 1 / 3, (5,): 1 / 6}, abs=0.03)
+    assert draw_label_sets(prior, 20, seed=1) == drawn[:20] and draw_label_sets(prior, 20, seed=2) != drawn[:20]
+
+
 def test_resize_and_crop():
     frames = np.zeros((2, 40, 60, 3), np.uint8)
     frames[:, :, 30:] = 255

@@ -42,4 +42,10 @@ def test_demo_tiny_runs_every_stage(tmp_path):
     assert gpt_cfg["lr_decay_iters"] == 2400  # the lr decay spans the GPT's 24 of --minutes 38 at ~100 steps a minute
     res = json.loads((runs / "demo/results_gpt.json").read_text())
     assert "class_kept" in json.dumps(res) and "prompt_accuracy" in json.dumps(res)
+    assert "prompt_accuracy" in res["results"]["generated (labels drawn from the training data)"]
+    prior = gpt_ck["label_prior"]  # the digit sets of the GPT's 20 training videos, what --prior_labels draws
+    assert sum(prior["counts"]) == 20 and all(0 < len(d) <= 2 for d in prior["sets"])
+    dit_prior = torch.load(runs / "iddpm/demo_dit/checkpoints/last.ckpt", weights_only=True)["minisora"]["label_prior"]
+    assert sum(dit_prior["counts"]) == 12
+    assert (runs / "demo/gpt_samples/grid.gif").exists() and "digits drawn from the training data" in gpt.stdout
     assert (runs / "evaluate/continuation_demo_gpt.gif").exists() and "| GPT |" in gpt.stdout

@@ -256,17 +256,25 @@ def test_evaluate_prompted_and_vae(tiny_data, tmp_path, monkeypatch, classifier)
             return [torch.rand(3, 16, 64, 64) * 2 - 1 for _ in range(n)]
         prompts.append((y.cpu().clone(), cfg_scale))
         return list(to_float(val[:len(y)]))  # row i prompts with val video i's digits (checked below)
-    module = types.SimpleNamespace(hparams=types.SimpleNamespace(model_config={"num_classes": 10}))
+    from lightning.pytorch.utilities.parsing import AttributeDict
+
+    from minisora.evaluation import prompt_scores
+    prior = {"sets": [[1], [2, 5], [3, 7]], "counts": [1, 1, 2]}  # what a class-conditional checkpoint keeps
+    module = types.SimpleNamespace(hparams=AttributeDict(model_config={"num_classes": 10}, label_prior=prior))
     monkeypatch.setattr(evaluate, "load_generator", lambda ref, device: module)
     monkeypatch.setattr(evaluate, "generate_videos", generate_videos)
     identity = types.SimpleNamespace(encode=lambda x: x, decode=lambda z: z, quantize=False)
     monkeypatch.setattr("minisora.resolve.load_vae", lambda ref, device="cpu": identity)
     evaluate.main(["--dataset", "tiny", "--data_dir", str(tiny_data), "--checkpoint", str(tmp_path / "run/ck/last.ckpt"),
-                   "--num_videos", "3", "--prompted", "--vae", "fake", "--feature_steps", "10", "--cache_dir",
-                   str(tmp_path / "cache"), "--output", str(tmp_path / "r.json")])
-    (y, cfg), = prompts
+                   "--num_videos", "3", "--prompted", "--prior_labels", "--vae", "fake", "--feature_steps", "10",
+                   "--cache_dir", str(tmp_path / "cache"), "--output", str(tmp_path / "r.json")])
+    (y, cfg), (drawn, prior_cfg) = prompts
     assert cfg == 2.0 and y.shape == (4, 10) and all(set(np.flatnonzero(row.numpy())) == set(l) for row, l in zip(y, labels))
+    drawn = [np.flatnonzero(row.numpy()).tolist() for row in drawn]  # one per val video, each a set of the prior
+    assert prior_cfg == 2.0 and len(drawn) == 4 and all(d in prior["sets"] for d in drawn) and len(set(map(tuple, drawn))) > 1
     res = json.loads((tmp_path / "r.json").read_text())["results"]
+    scored = res["generated (labels drawn from the training data)"]  # the fake drew val videos: scored against the draws
+    assert scored["prompt_accuracy"] == prompt_scores(val[:4], drawn, classifier)["prompt_accuracy"]
     real, prompted, rec = res["real (val)"], res["generated (prompted)"], res["vae reconstruction"]
     assert res["generated"]["videos"] == 3 and res["generated"]["legibility"] < 0.5 * real["legibility"]
     for k in METRICS | {"prompt_accuracy", "FMD", "FMD_floor"}:

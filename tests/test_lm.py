@@ -754,6 +754,22 @@ def test_label_modulation_needs_class_conditional(tiny_stage_files, tmp_path):
     assert bad.returncode != 0 and "--class_conditional" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_prior_labels_need_a_class_conditional_checkpoint_that_keeps_its_prior():
+    """prior_label_sets draws from the checkpoint's label_prior, reproducibly; a checkpoint from before the prior
+    was kept, or an unconditional one, gets an error that says what to do instead."""
+    from minisora.generate import prior_label_sets
+    from minisora.lit_gpt import LitLM
+    cfg = GPTConfig(vocab_size=33, grid=(2, 2, 4), block_size=16, n_layer=1, n_head=2, n_embd=32, num_classes=10).to_dict()
+    prior = {"sets": [[2], [4, 9]], "counts": [1, 3]}
+    module = LitLM("gpt", cfg, 32, [2, 2, 4], "none", label_prior=prior)
+    drawn = prior_label_sets(module, 8, seed=3)
+    assert all(d in prior["sets"] for d in drawn) and drawn == prior_label_sets(module, 8, seed=3)
+    with pytest.raises(ValueError, match="keeps no label prior.*--labels / --prompts"):
+        prior_label_sets(LitLM("gpt", cfg, 32, [2, 2, 4], "none"), 2)
+    with pytest.raises(ValueError, match="unconditional"):
+        prior_label_sets(LitLM("gpt", {**cfg, "num_classes": 0}, 32, [2, 2, 4], "none", label_prior=prior), 2)
+
+
 def test_first_frame_candidates_keep_the_frame_the_labels_explain():
     """pick_first_frames keeps, of K drawn first frames, the one the model's own labels explain best: a tiny
     class-conditional GPT overfit on eleven clips (digit d: its own random codes, still; no digit: code 0 everywhere)
@@ -818,6 +834,17 @@ def test_class_conditional_gpt_script_and_prompted_sampling(tiny_stage_files, ti
                             "--first_frame_candidates", 2, "--guide_checkpoint", early, "--guide_scale", 2,
                             "--output_dir", tmp_path / "smp"], tmp_path)
     assert (tmp_path / "smp/grid.gif").exists() and "2 videos" in out.stdout and "autoguided by" in out.stdout
+    from minisora.data import label_prior, stage_labels
+    from minisora.stagefile import load_stage
+    prior = state["minisora"]["label_prior"]  # the training rows' digit sets, kept for --prior_labels
+    assert prior == label_prior(stage_labels(load_stage(tiny_stage_files["tokens"])[1])) and sum(prior["counts"]) > 0
+    out = run("sample.py", ["--checkpoint", ck, "--num_videos", 3, "--prior_labels", "--cfg_scale", 2,
+                            "--output_dir", tmp_path / "prior"], tmp_path)
+    drawn = out.stdout.split("digits drawn from the training data's at guidance 2.0: ")[1].split(")")[0].split()
+    assert len(drawn) == 3 and all([int(d) for d in s.split(",")] in prior["sets"] for s in drawn), out.stdout
+    assert (tmp_path / "prior/grid.gif").exists()
+    both = run("sample.py", ["--checkpoint", ck, "--prior_labels", "--labels", 3], tmp_path, ok=False)
+    assert both.returncode != 0 and "drop --labels/--prompts" in both.stderr
     bad = run("sample.py", ["--checkpoint", ck, "--num_videos", 1, "--guide_scale", 2], tmp_path, ok=False)
     assert bad.returncode != 0 and "--guide_scale needs --guide_checkpoint" in bad.stderr
     ev = run("evaluate.py", ["--dataset", "tiny", "--data_dir", tiny_data, "--checkpoint", ck, "--continuation", 4,
