@@ -1,6 +1,6 @@
-"""One PNG to look at a generator: --num unconditional samples (left) and, for next-token models, continuations
-of the first --num val videos with their first --given frames given (right); frames --frames top to bottom, one
-video per column. The README's GPT pictures are made by this.
+"""One PNG to look at a generator: --num unconditional samples (left; --prior_labels: their digits drawn from the
+training data's) and, for next-token models, continuations of the first --num val videos with their first --given
+frames given (right); frames --frames top to bottom, one video per column. The README's GPT pictures are made by this.
 
   python bench/picture.py --checkpoint runs/train_latent_nanogpt/<run>/checkpoints/last.ckpt \\
       --dataset flying_mnist_demo --output docs/gpt_samples_continuations.png
@@ -18,7 +18,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from minisora.cli import add_token_sampling_args, token_sampling  # noqa: E402
 from minisora.data import VideoDataset  # noqa: E402
-from minisora.generate import continue_videos, generate_videos, is_diffusion, load_generator, load_guide  # noqa: E402
+from minisora.generate import (continue_videos, generate_videos, is_diffusion, label_prompts, load_generator,  # noqa: E402
+                               load_guide, num_classes, prior_label_sets)
 from minisora.video_io import to_uint8_frames  # noqa: E402
 
 
@@ -42,11 +43,19 @@ def main(argv=None):
     p.add_argument("--frames", type=int, nargs="+", default=[0, 3, 6, 9, 12, 15], help="frames shown, top to bottom")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", required=True, help="PNG path")
+    p.add_argument("--prior_labels", action="store_true", help="class-conditional models: the samples' digits drawn "
+                   "from the training data's, guided by --cfg_scale (sample.py --prior_labels)")
+    p.add_argument("--cfg_scale", type=float, default=3.0, help="guidance of --prior_labels samples")
     add_token_sampling_args(p)
     a = p.parse_args(argv)
     module = load_generator(a.checkpoint, vae=a.vae)
     sampling = token_sampling(a, load_guide(a.guide_checkpoint, module))
-    halves = [grid(torch.stack(generate_videos(module, a.num, seed=a.seed, **sampling)), a.frames)]
+    prompts = {}
+    if a.prior_labels:
+        drawn = prior_label_sets(module, a.num, a.seed)
+        prompts = dict(y=label_prompts(drawn, num_classes(module)), cfg_scale=a.cfg_scale)
+        print(f"[picture] the samples' digits, left to right: {' '.join(','.join(map(str, d)) for d in drawn)}")
+    halves = [grid(torch.stack(generate_videos(module, a.num, seed=a.seed, **prompts, **sampling)), a.frames)]
     if not is_diffusion(module):  # next-token models continue videos
         ds = VideoDataset(a.dataset, "val", a.resolution, a.sequence_length, data_dir=a.data_dir)
         real = torch.stack([ds[i]["video"] for i in range(min(a.num, len(ds)))])

@@ -843,6 +843,11 @@ def test_class_conditional_gpt_script_and_prompted_sampling(tiny_stage_files, ti
     drawn = out.stdout.split("digits drawn from the training data's at guidance 2.0: ")[1].split(")")[0].split()
     assert len(drawn) == 3 and all([int(d) for d in s.split(",")] in prior["sets"] for s in drawn), out.stdout
     assert (tmp_path / "prior/grid.gif").exists()
+    pic = run("bench/picture.py", ["--checkpoint", ck, "--dataset", "tiny", "--data_dir", tiny_data, "--resolution", 32,
+                                   "--sequence_length", 8, "--num", 2, "--frames", 0, "--prior_labels", "--output",
+                                   tmp_path / "pic.png"], tmp_path)
+    shown = pic.stdout.split("the samples' digits, left to right: ")[1].split("\n")[0].split()
+    assert shown == drawn[:2] and (tmp_path / "pic.png").exists()  # the same seed draws the same digits
     both = run("sample.py", ["--checkpoint", ck, "--prior_labels", "--labels", 3], tmp_path, ok=False)
     assert both.returncode != 0 and "drop --labels/--prompts" in both.stderr
     bad = run("sample.py", ["--checkpoint", ck, "--num_videos", 1, "--guide_scale", 2], tmp_path, ok=False)
