@@ -87,7 +87,7 @@ def main(argv=None):
                           {"mean": mean, "std": std, "shape": list(shape), "source": str(path)}, a.vae, lr=a.lr,
                           warmup_steps=a.warmup_steps, ema_decay=a.ema_decay, sample_sampler=a.sampler,
                           sample_steps=a.sample_steps, num_samples=a.num_samples, sample_dir=str(out / "samples"),
-                          cfg_scale=a.cfg_scale, label_prior=label_prior(labels) if labels else None)
+                          cfg_scale=a.cfg_scale, label_prior=label_prior(labels))
     module.vae = vae
     n = sum(p.numel() for p in module.model.parameters())
     print(f"[iddpm] ST-DiT ({a.objective}) {n / 1e6:.2f}M params on {len(data)} rows of {path} -> latents {shape}; run dir {out}")

@@ -100,7 +100,7 @@ def main(argv=None):
                           a.vae, lr=a.lr, warmup_steps=a.warmup_steps, ema_decay=a.ema_decay,
                           sample_sampler=a.sampler, sample_steps=a.sample_steps, num_samples=a.num_samples,
                           sample_dir=str(out / "samples"), cfg_scale=a.cfg_scale,
-                          label_prior=label_prior(labels) if labels else None)
+                          label_prior=label_prior(labels))
     module.vae = vae
     n = sum(p.numel() for p in module.model.parameters())
     print(f"[train_dit] {a.model} ({a.objective}): {n / 1e6:.2f}M params, latents {shape}, {len(data)} clips/epoch; run dir {out}")

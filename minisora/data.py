@@ -263,9 +263,12 @@ def stage_labels(meta: dict) -> list[list[int]]:
     return load_labels(Path(src["dataset"]) / src["split"], src["files"])
 
 
-def label_prior(label_sets: list[list[int]]) -> dict:
+def label_prior(label_sets: list[list[int]] | None) -> dict | None:
     """The digit sets of a training set and how often each occurs, {"sets": [[3], [3, 7], ...], "counts": [...]}
-    (JSON-like: kept in class-conditional checkpoints as `label_prior`), what draw_label_sets samples prompts from."""
+    (JSON-like: kept in class-conditional checkpoints as `label_prior`), what draw_label_sets samples prompts from;
+    None without labels (an unconditional run)."""
+    if not label_sets:
+        return None
     counts: dict[tuple, int] = {}
     for s in label_sets:
         key = tuple(sorted(set(int(d) for d in s)))  # a prompt is a multi-hot set: repeats and order do not count

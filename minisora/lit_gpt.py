@@ -114,7 +114,7 @@ class LitLM(L.LightningModule):
         module = cls(kind, model_config, n_codes, list(array.shape[1:]), vae.reference, a.lr, a.min_lr, a.warmup_steps,
                      a.lr_decay_iters, a.beta2, a.weight_decay, sample_dir, a.temperature, a.top_k, a.top_p,
                      a.num_samples, a.prompt_frames, a.later_temperature, a.ink_temperature,
-                     background_codes(array, vae, n_codes), label_prior(labels) if labels else None)
+                     background_codes(array, vae, n_codes), label_prior(labels))
         module.vae = vae
         first = prompt_rows[0] if prompt_rows else 0
         module.prompts = torch.from_numpy(np.asarray(array[first:first + 1]).astype(np.int64))

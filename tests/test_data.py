@@ -67,7 +67,7 @@ def test_label_prior_counts_digit_sets_and_draws_them_as_often():
     draw_label_sets draws them in those proportions, the same draws for the same seed."""
     from minisora.data import draw_label_sets, label_prior
     prior = label_prior([[3, 7], [7, 3], [1], [1, 1], [1], [5]])
-    assert prior == {"sets": [[1], [3, 7], [5]], "counts": [3, 2, 1]}
+    assert prior == {"sets": [[1], [3, 7], [5]], "counts": [3, 2, 1]} and label_prior(None) is None
     drawn = draw_label_sets(prior, 6000, seed=1)
     share = {tuple(s): drawn.count(s) / 6000 for s in prior["sets"]}
     assert share == pytest.approx({(1,): 0.5, (3, 7): 1 / 3, (5,): 1 / 6}, abs=0.03)
