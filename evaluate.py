@@ -22,22 +22,22 @@ runs/evaluate/. I3D weights cannot be downloaded here: get StyleGAN-V's i3d_torc
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from minisora.cli import add_bad_video_arg, add_token_sampling_args, token_sampling
+from minisora.cli import Parser, add_bad_video_arg, add_sampling_args, sampling_options
 from minisora.data import VideoDataset, hold_last_frame, load_labels, to_model_range
 from minisora.evaluation import (FMD, DigitCNN, FeatureNet, colour_error, continuation_metrics, given_classes,
                                  fd_with_ci, i3d_features, prompt_scores, to_float, train_digit_classifier,
                                  train_feature_net, video_metrics)
-from minisora.generate import (continue_videos, generate_videos, label_prompts, load_generator, load_guide, num_classes,
-                               prior_label_sets)
+from minisora.generate import (Sampling, continue_videos, generate_videos, is_diffusion, label_prompts,
+                               load_generator, num_classes, prior_label_sets)
 from minisora.video_io import list_videos, read_video, save_video_grid, to_uint8_frames
 
 COLUMNS = ["videos", "FMD", "legibility", "legible_per_frame", "digits_per_frame", "mean_speed_px", "motion_residual_px",
@@ -46,44 +46,16 @@ COLUMNS = ["videos", "FMD", "legibility", "legible_per_frame", "digits_per_frame
            "PSNR", "SSIM"]
 
 
-def load_folder(folder: Path, n: int | None, frames: int | None) -> np.ndarray:
-    files = [f for f in list_videos(folder) if "grid" not in f.name][:n]
-    if not files:
-        raise FileNotFoundError(f"no videos in {folder}")
-    vids = [read_video(f) for f in files]
-    t = min(len(v) for v in vids) if frames is None else frames
-    return np.stack([v[:t] for v in vids])
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def sample(module, n: int, a, y: torch.Tensor | None = None, cfg_scale: float = 1.0, guide=None) -> np.ndarray:
-    """n uint8 videos (n, T, H, W, 3) from a generator (minisora.generate); y: (n, classes) multi-hot prompts;
-    guide: the --guide_checkpoint model (load_guide)."""
-    try:
-        videos = generate_videos(module, n, 8, a.seed, a.sampler, a.steps, y=y, cfg_scale=cfg_scale,
-                                 **token_sampling(a, guide))
-    except ValueError as e:  # sampling settings the checkpoint cannot take (e.g. --ink_temperature on an old one)
-        sys.exit(f"error: {e}")
-    return np.stack([to_uint8_frames(v) for v in videos])
-
-
-def cached(path: Path, build, cls):
-    if path.exists():
-        net = cls()
-        net.load_state_dict(torch.load(path, weights_only=True))
-        return net.eval()
-    net = build()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(net.state_dict(), path)
-    return net
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv=None):
+    p = Parser(__doc__)
     p.add_argument("--dataset", default="flying_mnist", help="real videos: data/<dataset>/{train,val}")
     p.add_argument("--data_dir", default="data")
     add_bad_video_arg(p, default="skip")
-    p.add_argument("--videos", default=None, help="folder of generated mp4s")
-    p.add_argument("--checkpoint", default=None, help="generator checkpoint to sample from")
+    p.add_argument("--videos", default=None, help="folder of generated mp4s (or give --checkpoint, not both)")
+    p.add_argument("--checkpoint", default=None, help="generator checkpoint to sample from (or give --videos, not both)")
     p.add_argument("--num_videos", type=int, default=None, help="generated videos to sample / read (default --num_fmd)")
     p.add_argument("--num_real", type=int, default=64, help="real val videos of the 'real (val)' row (and --vae, --prompted)")
     p.add_argument("--num_fmd", type=int, default=256,
@@ -99,15 +71,12 @@ def main(argv=None):
                    help="next-token checkpoint: also continue each real val video from its first K frames (a multiple "
                         "of the VAE's temporal stride; only those are encoded) and score the generated frames "
                         "against the real ones, beside a copy-the-last-given-frame baseline")
-    p.add_argument("--continuation_cfg", type=float, default=0, metavar="S",
+    p.add_argument("--continuation_cfg", type=float, default=None, metavar="S",
                    help="class-conditional checkpoint: prompt each --continuation with the digits the classifier reads "
                         "in its given frames (what class_kept compares against; nothing of the future), guidance S "
-                        "(0: no prompt, the null label)")
-    p.add_argument("--cfg_scale", type=float, default=2.0, help="classifier-free guidance scale of --prompted samples")
-    p.add_argument("--sampler", default="dpm++")
-    p.add_argument("--steps", type=int, default=25)
+                        "(default, or 0: no prompt, the null label)")
     p.add_argument("--seed", type=int, default=0)
-    add_token_sampling_args(p)
+    add_sampling_args(p)  # --cfg_scale guides the --prompted / --prior_labels samples
     p.add_argument("--resolution", type=int, default=None, help="default: the real videos' size")
     p.add_argument("--sequence_length", type=int, default=16)
     p.add_argument("--vae", default=None, help="also score this VAE's reconstructions of the 'real (val)' videos")
@@ -116,98 +85,219 @@ def main(argv=None):
     p.add_argument("--cache_dir", default="runs/evaluate")
     p.add_argument("--output", default=None, help="JSON results (default <cache_dir>/results_<name>.json)")
     p.add_argument("--track", action="store_true", help="log the results to wandb")
-    a = p.parse_args(argv)
+    return check_flags(p.parse_args(argv))
+
+
+def check_flags(a):
+    """Refuse the flag combinations no checkpoint could serve (those a checkpoint cannot: load_checked_generator)."""
+    if a.videos and a.checkpoint:
+        sys.exit("error: --videos and --checkpoint are two sources of generated videos: evaluate one per run")
     if (a.prompted or a.prior_labels or a.continuation) and not a.checkpoint:
         sys.exit("error: --prompted / --prior_labels / --continuation sample from a --checkpoint")
     if a.continuation_cfg and not a.continuation:
         sys.exit("error: --continuation_cfg prompts the --continuation K videos: give --continuation")
-    t0 = time.time()
-    common = dict(dataset=a.dataset, data_dir=a.data_dir, sequence_length=a.sequence_length, as_uint8=True,
-                  on_error=a.on_bad_video)
+    if a.videos and a.num_videos == 0:
+        sys.exit("error: --num_videos 0 reads none of --videos")
+    return a
+
+
+@dataclass
+class Real:
+    """The real videos: `reference` (FMD's, train), `held_out` (its floor), `val` (the 'real (val)' row, --vae,
+    --prompted, --continuation) and the val videos' digits (`val_labels`, None without metadata)."""
+    n: int  # FMD sample size
+    resolution: int
+    reference: np.ndarray
+    held_out: np.ndarray
+    val: np.ndarray
+    val_labels: list | None
+    labels_file: Path
+
+
+def dataset(a, split: str, **kw) -> VideoDataset:
     try:
-        val = VideoDataset(split="val", resolution=a.resolution, **common)
-        train = VideoDataset(split="train", resolution=a.resolution, **common)
+        return VideoDataset(dataset=a.dataset, data_dir=a.data_dir, split=split, resolution=a.resolution,
+                            sequence_length=a.sequence_length, as_uint8=True, on_error=a.on_bad_video, **kw)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
-    res = a.resolution or int(val[0]["video"].shape[-1])
+
+
+def real_sets(a) -> Real:
+    val, train = dataset(a, "val"), dataset(a, "train")
 
     def real(ds, start, stop):
         return [ds[i]["video"].permute(1, 2, 3, 0).numpy() for i in range(start, min(len(ds), stop))]
     n = min(a.num_fmd, len(train), (len(train) + len(val)) // 2)
     if n < a.num_fmd:
         print(f"[evaluate] only {len(train)} train + {len(val)} val real videos: FMD with {n} a side, not {a.num_fmd}")
-    reference = np.stack(real(train, 0, n))
     held_out = real(val, 0, n)  # the floor's real videos: val first, then train videos after the reference
     held_out = np.stack(held_out + real(train, n, n + n - len(held_out)))
     n_val = min(a.num_real, len(val))
-    real_val = np.stack(real(val, 0, n_val))
-    cache = Path(a.cache_dir)
-    feat_train = VideoDataset(split="train", resolution=a.resolution, random_clip=True, **common)
-    fnet = cached(cache / f"features_v2_{Path(a.dataset).name}.pt", lambda: train_feature_net(feat_train, a.feature_steps), FeatureNet)
-    clf = cached(cache / "digit_cnn_v2.pt", lambda: train_digit_classifier()[0], DigitCNN)
     try:
         val_labels = load_labels(val.dir, [f.relative_to(val.dir).as_posix() for f in val.files[:n_val]])
     except (FileNotFoundError, ValueError):
         val_labels = None
+    return Real(n, a.resolution or int(val[0]["video"].shape[-1]), np.stack(real(train, 0, n)), held_out,
+                np.stack(real(val, 0, n_val)), val_labels, val.dir / "metadata.jsonl")
 
-    sets, extra = {"real (val)": real_val}, {}
-    name = "real"
-    num_videos = a.num_fmd if a.num_videos is None else a.num_videos
-    if a.videos:
-        sets["generated"] = load_folder(Path(a.videos), num_videos, a.sequence_length)
-        name = Path(a.videos).name
-    elif a.checkpoint:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        try:
-            module = load_generator(a.checkpoint, device)
-            guide = load_guide(a.guide_checkpoint, module, device)
-        except (ValueError, FileNotFoundError, ConnectionError) as e:
-            sys.exit(f"error: {e}")
-        name = Path(a.checkpoint).parent.parent.name
-        if num_videos:
-            print(f"[evaluate] sampling {num_videos} videos from {a.checkpoint} ({a.sampler}, {a.steps} steps)")
-            sets["generated"] = sample(module, num_videos, a, guide=guide)
-        if a.prompted:
-            if not num_classes(module):
-                sys.exit("error: --prompted needs a class-conditional checkpoint (model_config num_classes)")
-            if val_labels is None:
-                sys.exit(f"error: --prompted needs the val labels ({val.dir / 'metadata.jsonl'})")
-            y = label_prompts(val_labels, num_classes(module), device)
-            print(f"[evaluate] sampling {n_val} videos prompted with the val videos' digits (cfg scale {a.cfg_scale})")
-            sets["generated (prompted)"] = sample(module, n_val, a, y=y, cfg_scale=a.cfg_scale, guide=guide)
-            extra["generated (prompted)"] = prompt_scores(sets["generated (prompted)"], val_labels, clf)
-        if a.prior_labels:
-            try:
-                drawn = prior_label_sets(module, n_val, a.seed)
-            except ValueError as e:
-                sys.exit(f"error: {e}")
-            print(f"[evaluate] sampling {len(drawn)} videos prompted with digit sets drawn from the training data's "
-                  f"(cfg scale {a.cfg_scale})")
-            key = "generated (labels drawn from the training data)"
-            sets[key] = sample(module, len(drawn), a, y=label_prompts(drawn, num_classes(module), device),
-                               cfg_scale=a.cfg_scale, guide=guide)
-            extra[key] = prompt_scores(sets[key], drawn, clf)
-    if val_labels is not None:  # what the classifier reads in real videos: the ceiling of prompt accuracy
-        extra["real (val)"] = prompt_scores(real_val, val_labels, clf)
-    if a.vae:
-        from minisora.metrics import psnr, ssim
-        from minisora.resolve import load_vae
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        vae = load_vae(a.vae, device)
-        x = to_model_range(torch.from_numpy(real_val).permute(0, 4, 1, 2, 3))
-        with torch.no_grad():
-            def recon(v):  # tokenizers through their tokens (motion tokens included), others through their latents
-                return vae.decode_codes(vae.encode_codes(v)) if vae.quantize else vae.decode(vae.encode(v))
-            rec = torch.cat([recon(x[i:i + 8].to(device)).float().cpu() for i in range(0, len(x), 8)])
-        sets["vae reconstruction"] = np.stack([to_uint8_frames(v) for v in rec])
-        extra["vae reconstruction"] = {"colour_error": colour_error(real_val, sets["vae reconstruction"]),
-                                       "PSNR": float(psnr(rec, x).mean()), "SSIM": float(ssim(rec, x).mean())}
+
+def controls(held_out: np.ndarray) -> dict:
     rng = np.random.default_rng(0)
-    sets["real, frames shuffled"] = np.stack([v[rng.permutation(len(v))] for v in held_out])
-    sets["noise"] = (rng.random(held_out.shape) * 255).astype(np.uint8)
+    return {"real, frames shuffled": np.stack([v[rng.permutation(len(v))] for v in held_out]),
+            "noise": (rng.random(held_out.shape) * 255).astype(np.uint8)}
 
-    fmd = FMD(fnet, reference, held_out)
-    i3d_ref = i3d_features(a.i3d, to_float(reference)) if a.i3d else None
+
+def cached(path: Path, build, cls):
+    if path.exists():
+        net = cls()
+        net.load_state_dict(torch.load(path, weights_only=True))
+        return net.eval()
+    net = build()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), path)
+    return net
+
+
+def digit_classifier(a) -> DigitCNN:
+    return cached(Path(a.cache_dir) / "digit_cnn_v2.pt", lambda: train_digit_classifier()[0], DigitCNN)
+
+
+def feature_net(a) -> FeatureNet:
+    return cached(Path(a.cache_dir) / f"features_v2_{Path(a.dataset).name}.pt",
+                  lambda: train_feature_net(dataset(a, "train", random_clip=True), a.feature_steps), FeatureNet)
+
+
+def load_folder(folder: Path, n: int | None, frames: int | None) -> np.ndarray:
+    files = [f for f in list_videos(folder) if "grid" not in f.name][:n]
+    if not files:
+        sys.exit(f"error: no videos in {folder}")
+    vids = [read_video(f) for f in files]
+    t = min(len(v) for v in vids) if frames is None else frames
+    return np.stack([v[:t] for v in vids])
+
+
+def load_checked_generator(a, real: Real):
+    """The --checkpoint generator, once it is known to serve every flag given (refused before any sampling)."""
+    try:
+        module = load_generator(a.checkpoint, DEVICE)
+    except (ValueError, FileNotFoundError, ConnectionError) as e:
+        sys.exit(f"error: {e}")
+    conditional = num_classes(module) > 0
+    if a.prompted and not conditional:
+        sys.exit("error: --prompted needs a class-conditional checkpoint (model_config num_classes)")
+    if a.prompted and real.val_labels is None:
+        sys.exit(f"error: --prompted needs the val labels ({real.labels_file})")
+    if a.prior_labels:
+        try:
+            prior_label_sets(module, 1)  # unconditional, or no label prior kept: refused here
+        except ValueError as e:
+            sys.exit(f"error: {e}")
+    if a.continuation and is_diffusion(module):
+        sys.exit("error: --continuation needs a next-token checkpoint (GPT / Mamba); diffusion models generate whole clips")
+    if a.continuation_cfg and not conditional:
+        sys.exit("error: --continuation_cfg needs a class-conditional checkpoint (model_config num_classes)")
+    return module
+
+
+def sampling(a, continuation: bool = False) -> Sampling:
+    """The one place the sampling flags become the generator's options (None: the checkpoint's recipe value);
+    continuations are guided by --continuation_cfg instead of --cfg_scale."""
+    opts = sampling_options(a)
+    return replace(opts, cfg_scale=a.continuation_cfg) if continuation else opts
+
+
+def describe(opts: Sampling) -> str:
+    return ", ".join(f"{k} {v}" for k, v in vars(opts).items() if v is not None and v is not True) or "its recipe"
+
+
+def sample(module, n: int, a, y: torch.Tensor | None = None) -> np.ndarray:
+    """n uint8 videos (n, T, H, W, 3) from a generator (minisora.generate); y: (n, classes) multi-hot prompts."""
+    try:
+        videos = generate_videos(module, n, seed=a.seed, opts=sampling(a), y=y)
+    except ValueError as e:  # sampling settings the checkpoint cannot take
+        sys.exit(f"error: {e}")
+    return np.stack([to_uint8_frames(v) for v in videos])
+
+
+def generated_sets(a, module, real: Real, clf: DigitCNN) -> tuple[dict, dict]:
+    """The sets sampled from --checkpoint (unconditional, --prompted, --prior_labels) and their prompt scores."""
+    sets, extra = {}, {}
+    num_videos = a.num_fmd if a.num_videos is None else a.num_videos
+    if num_videos:
+        print(f"[evaluate] sampling {num_videos} videos from {a.checkpoint} ({describe(sampling(a))})")
+        sets["generated"] = sample(module, num_videos, a)
+    prompts = {}  # set: (one digit set per video, what they are)
+    if a.prompted:
+        prompts["generated (prompted)"] = real.val_labels, "the val videos' digits"
+    if a.prior_labels:
+        prompts["generated (labels drawn from the training data)"] = (prior_label_sets(module, len(real.val), a.seed),
+                                                                      "digit sets drawn from the training data's")
+    cfg = "the checkpoint's" if a.cfg_scale is None else a.cfg_scale
+    for key, (labels, what) in prompts.items():
+        print(f"[evaluate] sampling {len(labels)} videos prompted with {what} (cfg scale {cfg})")
+        sets[key] = sample(module, len(labels), a, y=label_prompts(labels, num_classes(module), DEVICE))
+        extra[key] = prompt_scores(sets[key], labels, clf)
+    return sets, extra
+
+
+def continuation_set(a, module, real_val: np.ndarray, clf: DigitCNN) -> np.ndarray:
+    """Each real val video continued from its first --continuation frames, prompted (--continuation_cfg) with the
+    digits read in those frames."""
+    y = None
+    if a.continuation_cfg:
+        read = [sorted(given_classes(v, a.continuation, clf)) for v in real_val]
+        y = label_prompts(read, num_classes(module), DEVICE)
+        print(f"[evaluate] continuations prompted with the digits read in their given frames ({sum(map(bool, read))} "
+              f"of {len(read)} videos; the rest get the null label), guidance {a.continuation_cfg}")
+    try:
+        cont = continue_videos(module, to_model_range(torch.from_numpy(real_val).permute(0, 4, 1, 2, 3)),
+                               a.continuation, seed=a.seed, opts=sampling(a, continuation=True), y=y)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    return np.stack([to_uint8_frames(v) for v in cont])
+
+
+def vae_reconstructions(a, real_val: np.ndarray) -> tuple[np.ndarray, dict]:
+    """--vae's reconstructions of the real val videos, and their colour error, PSNR and SSIM."""
+    from minisora.metrics import psnr, ssim
+    from minisora.resolve import load_vae
+    try:
+        vae = load_vae(a.vae, DEVICE)
+    except (ValueError, FileNotFoundError, ConnectionError) as e:
+        sys.exit(f"error: {e}")
+    x = to_model_range(torch.from_numpy(real_val).permute(0, 4, 1, 2, 3))
+
+    def recon(v):  # tokenizers through their tokens (motion tokens included), others through their latents
+        return vae.decode_codes(vae.encode_codes(v)) if vae.quantize else vae.decode(vae.encode(v))
+    with torch.no_grad():
+        rec = torch.cat([recon(x[i:i + 8].to(DEVICE)).float().cpu() for i in range(0, len(x), 8)])
+    videos = np.stack([to_uint8_frames(v) for v in rec])
+    return videos, {"colour_error": colour_error(real_val, videos), "PSNR": float(psnr(rec, x).mean()),
+                    "SSIM": float(ssim(rec, x).mean())}
+
+
+def video_sets(a, real: Real, module, clf: DigitCNN) -> tuple[dict, dict]:
+    """Every set to score, in the table's order, and the extra columns of some (prompt scores, reconstruction errors)."""
+    sets, extra = {"real (val)": real.val}, {}
+    if real.val_labels is not None:  # what the classifier reads in real videos: the ceiling of prompt accuracy
+        extra["real (val)"] = prompt_scores(real.val, real.val_labels, clf)
+    if a.videos:
+        sets["generated"] = load_folder(Path(a.videos), a.num_fmd if a.num_videos is None else a.num_videos,
+                                        a.sequence_length)
+    if module is not None:
+        generated, prompt_extra = generated_sets(a, module, real, clf)
+        sets.update(generated)
+        extra.update(prompt_extra)
+    if a.vae:
+        sets["vae reconstruction"], extra["vae reconstruction"] = vae_reconstructions(a, real.val)
+    sets.update(controls(real.held_out))
+    return sets, extra
+
+
+def score(a, sets: dict, extra: dict, fmd: FMD, clf: DigitCNN, real: Real) -> dict:
+    """Every set's row: FMD against the reference, the video metrics, its extra columns, FVD with --i3d."""
+    n = real.n
+    i3d_ref = i3d_features(a.i3d, to_float(real.reference)) if a.i3d else None
     results = {}
     for label, vids in sets.items():
         if len(vids) < n:
@@ -219,10 +309,14 @@ def main(argv=None):
         if a.i3d:
             r["FVD"] = fd_with_ci(i3d_features(a.i3d, to_float(vids[:n])), i3d_ref)[0]
         results[label] = r
+    return results
+
+
+def print_table(a, results: dict, fmd: FMD, real: Real) -> None:
     used = [c for c in COLUMNS if any(c in r for r in results.values())]
-    print(f"\n[evaluate] {Path(a.dataset).name} at {res}², {a.sequence_length} frames. FMD vs {n} real train videos "
-          f"[90% bootstrap interval] (floor: as many other real videos vs the same reference; "
-          f"at {n}: {fmd.floor(n):.3g})\n")
+    print(f"\n[evaluate] {Path(a.dataset).name} at {real.resolution}², {a.sequence_length} frames. FMD vs {real.n} real "
+          f"train videos [90% bootstrap interval] (floor: as many other real videos vs the same reference; "
+          f"at {real.n}: {fmd.floor(real.n):.3g})\n")
     print("| set | " + " | ".join(used) + " |\n|---|" + "---|" * len(used))
     for label, r in results.items():
         cells = []
@@ -232,42 +326,53 @@ def main(argv=None):
             if c == "FMD" and v is not None:
                 cells[-1] += f" [{r['FMD_90ci'][0]:.3g}, {r['FMD_90ci'][1]:.3g}] (floor {r['FMD_floor']:.3g}, n={r['FMD_n']})"
         print(f"| {label} | " + " | ".join(cells) + " |")
-    continuation = {}
-    if a.continuation:
-        prompts = {}
-        if a.continuation_cfg:
-            if not num_classes(module):
-                sys.exit("error: --continuation_cfg needs a class-conditional checkpoint (model_config num_classes)")
-            read = [sorted(given_classes(v, a.continuation, clf)) for v in real_val]
-            prompts = dict(y=label_prompts(read, num_classes(module), device), cfg_scale=a.continuation_cfg)
-            print(f"[evaluate] continuations prompted with the digits read in their given frames ({sum(map(bool, read))} "
-                  f"of {len(read)} videos; the rest get the null label), guidance {a.continuation_cfg}")
-        try:
-            cont = continue_videos(module, to_model_range(torch.from_numpy(real_val).permute(0, 4, 1, 2, 3)),
-                                   a.continuation, seed=a.seed, **token_sampling(a, guide), **prompts)
-        except ValueError as e:
-            sys.exit(f"error: {e}")
-        cont = np.stack([to_uint8_frames(v) for v in cont])
-        continuation = {"model": continuation_metrics(real_val, cont, a.continuation, clf),
-                        "copy last given frame": continuation_metrics(real_val, hold_last_frame(real_val, a.continuation, 1),
-                                                                      a.continuation, clf),
-                        "real": continuation_metrics(real_val, real_val, a.continuation, clf)}
-        cols = ["PSNR", "SSIM", "legible_per_frame", "mean_speed_px", "class_kept", "chroma", "ink_kept"]
-        print(f"\n[evaluate] continuation: {len(real_val)} val videos, the first {a.continuation} frames given, frames "
-              f"{a.continuation}..{real_val.shape[1] - 1} scored\n\n| continuation | " + " | ".join(cols) + " |\n|---|"
-              + "---|" * len(cols))
-        for label, r in continuation.items():
-            print(f"| {label} | " + " | ".join(f"{r[c]:.4g}" for c in cols) + " |")
-        save_video_grid(list(to_float(cont[:8])), cache / f"continuation_{name}.mp4", fps=5)
-    out = Path(a.output) if a.output else cache / f"results_{name}.json"
+
+
+def report_continuation(a, real_val: np.ndarray, cont: np.ndarray, clf: DigitCNN) -> dict:
+    """The continuations' scores beside copying the last given frame and the real videos: printed, returned, and
+    the first 8 saved as a grid."""
+    k, cols = a.continuation, ["PSNR", "SSIM", "legible_per_frame", "mean_speed_px", "class_kept", "chroma", "ink_kept"]
+    scores = {"model": continuation_metrics(real_val, cont, k, clf),
+              "copy last given frame": continuation_metrics(real_val, hold_last_frame(real_val, k, 1), k, clf),
+              "real": continuation_metrics(real_val, real_val, k, clf)}
+    print(f"\n[evaluate] continuation: {len(real_val)} val videos, the first {k} frames given, frames "
+          f"{k}..{real_val.shape[1] - 1} scored\n\n| continuation | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols))
+    for label, r in scores.items():
+        print(f"| {label} | " + " | ".join(f"{r[c]:.4g}" for c in cols) + " |")
+    save_video_grid(list(to_float(cont[:8])), Path(a.cache_dir) / f"continuation_{run_name(a)}.mp4", fps=5)
+    return scores
+
+
+def run_name(a) -> str:
+    return Path(a.videos).name if a.videos else Path(a.checkpoint).parent.parent.name if a.checkpoint else "real"
+
+
+def write_results(a, results: dict, continuation: dict) -> Path:
+    out = Path(a.output) if a.output else Path(a.cache_dir) / f"results_{run_name(a)}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(a), "results": results, "continuation": continuation}, indent=1))
-    print(f"\n[evaluate] {time.time() - t0:.0f}s; results: {out}")
     if a.track:
         import wandb
         wandb.init(project="flying_mnist", job_type="evaluate", config=vars(a))
         wandb.log({f"{k}/{m}": v for k, r in results.items() for m, v in r.items() if isinstance(v, float)})
         wandb.finish()
+    return out
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    t0 = time.time()
+    real = real_sets(a)
+    module = load_checked_generator(a, real) if a.checkpoint else None
+    clf = digit_classifier(a)
+    cont = continuation_set(a, module, real.val, clf) if a.continuation else None  # before the long sampling
+    sets, extra = video_sets(a, real, module, clf)
+    fmd = FMD(feature_net(a), real.reference, real.held_out)
+    results = score(a, sets, extra, fmd, clf, real)
+    print_table(a, results, fmd, real)
+    continuation = report_continuation(a, real.val, cont, clf) if cont is not None else {}
+    out = write_results(a, results, continuation)
+    print(f"\n[evaluate] {time.time() - t0:.0f}s; results: {out}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ Examples:
 """
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing as mp
 import os
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from minisora.cli import Parser
 from minisora.files import atomic_write
 from minisora.flying_mnist import DOWNLOAD_URLS, FlyingMNIST, FlyingMNISTConfig, download_dataset, load_digits
 
@@ -31,7 +31,7 @@ _GEN: FlyingMNIST | None = None  # per-process generator (set by _init_worker)
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(__doc__)
     g = p.add_argument_group("dataset")
     g.add_argument("--name", default="flying_mnist", help="writes data/<name>/ (default: flying_mnist)")
     g.add_argument("--data_dir", default="data", help="root data folder (default: data)")

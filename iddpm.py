@@ -12,10 +12,9 @@ weights, diffusion settings, latent normalisation and the VAE reference: `python
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
-from minisora.cli import add_diffusion_args, add_loop_args, add_run_args, add_vae_arg, diffusion_settings
+from minisora.cli import Parser, add_diffusion_args, add_loop_args, add_run_args, add_vae_arg, diffusion_settings
 from minisora.data import NUM_DIGITS, LatentDataset, collate_videos, label_prior, stage_labels
 from minisora.lit_diffusion import LitDiffusion
 from minisora.resolve import choose_vae, load_vae
@@ -25,7 +24,7 @@ from models.stdit import PRESETS, STDiTConfig
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(__doc__)
     d = p.add_argument_group("data")
     d.add_argument("--latents_input_file", default=None, help="(N, C, T, H, W) float latents .npy (priority over tokens)")
     d.add_argument("--tokens_input_file", default=None, help="(N, T, H, W) VQ codes .npy, mapped through the VAE codebook")

@@ -16,13 +16,12 @@ made by latents.py; its VAE is the one its sidecar names) or are encoded on the 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
 import torch
 
-from minisora.cli import add_diffusion_args, add_loop_args, add_run_args, add_vae_arg, diffusion_settings
+from minisora.cli import Parser, add_diffusion_args, add_loop_args, add_run_args, add_vae_arg, diffusion_settings
 from minisora.data import NUM_DIGITS, LatentDataset, VideoDataset, collate_videos, label_prior, stage_labels, to_model_range
 from minisora.lit_diffusion import LitDiffusion
 from minisora.resolve import load_stage_and_vae, load_vae
@@ -34,7 +33,7 @@ SD_VAE = "stabilityai/sd-vae-ft-mse"
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(__doc__)
     m = p.add_argument_group("model")
     m.add_argument("--model", default="Latte-S/2", choices=sorted(PRESETS), metavar="PRESET", help=", ".join(PRESETS))
     m.add_argument("--extras", type=int, default=1, choices=[1, 2, 78],

@@ -10,10 +10,9 @@ restarts within --block_size windows), so sampling never runs past what training
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
-from minisora.cli import add_lm_args, add_run_args, training_windows
+from minisora.cli import Parser, add_lm_args, add_run_args, training_windows
 from minisora.data import NUM_DIGITS, stage_labels, token_splits
 from minisora.lit_gpt import LitLM
 from minisora.resolve import load_stage_and_vae
@@ -21,7 +20,7 @@ from minisora.training import fit, start_run
 
 
 def main(argv=None, script: str = "train_latent_mamba"):
-    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(__doc__)
     m = p.add_argument_group("model")
     m.add_argument("--n_layer", type=int, default=8)
     m.add_argument("--n_embed", "--n_embd", dest="n_embed", type=int, default=768, help="d_model (upstream spells it n_embed)")

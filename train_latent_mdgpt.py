@@ -13,10 +13,9 @@ the previous frame inside its context, which is what the cross-attention was for
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
-from minisora.cli import add_lm_args, add_run_args, training_windows
+from minisora.cli import Parser, add_lm_args, add_run_args, training_windows
 from minisora.data import NUM_DIGITS, stage_labels, token_splits
 from minisora.lit_gpt import LitLM
 from minisora.resolve import load_stage_and_vae
@@ -26,7 +25,7 @@ SCRIPT = "train_latent_mdgpt"
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(__doc__)
     m = p.add_argument_group("model")
     m.add_argument("--n_layer", type=int, default=8)
     m.add_argument("--n_head", type=int, default=6)

@@ -10,17 +10,17 @@ from its first --prompt_frames latent frames.
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import sys
 import time
 
-from minisora.cli import add_lm_args, add_run_args, training_windows
+from minisora.cli import Parser, add_lm_args, add_run_args, training_windows
 from minisora.data import NUM_DIGITS, stage_labels, token_splits
-from minisora.lit_gpt import LitLM, ink_maps
+from minisora.lit_gpt import LitLM
 from minisora.resolve import load_stage_and_vae
 from minisora.training import fit, start_run
 from models.gpt import GPTConfig, context_positions
+from models.motion import ink_maps
 
 SCRIPT = "train_latent_nanogpt"
 
@@ -30,7 +30,7 @@ def main(argv=None):
     if "--mamba" in argv:  # upstream's switch: the same code and flags as train_latent_mamba.py
         import train_latent_mamba
         return train_latent_mamba.main([x for x in argv if x != "--mamba"], script=SCRIPT)
-    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(__doc__)
     m = p.add_argument_group("model")
     m.add_argument("--n_layer", type=int, default=8)
     m.add_argument("--n_head", type=int, default=6)
@@ -42,12 +42,9 @@ def main(argv=None):
                         "(sampling then recomputes the window every step: no KV cache)")
     m.add_argument("--context_stride", type=int, default=2, help="with --sparse_context_window")
     m.add_argument("--context_stride_start", type=int, default=32, help="with --sparse_context_window: dense tail length")
-    m.add_argument("--code_embeddings", action="store_true",
-                   help="add to each code's learned embedding (input and tied output) a learned projection of its "
-                        "tokenizer codebook vector, so codes that decode alike start out alike (README, measured numbers: same loss; off by default)")
     m.add_argument("--prev_frames", type=int, default=0,
                    help="> 0: each token also reads the codes around its cell in this many previous frames (a causal "
-                        "convolution over earlier frames: what carries a moving digit forward; README, measured numbers)")
+                        "convolution over earlier frames: what carries a moving digit forward)")
     m.add_argument("--prev_radius", type=int, default=2, help="with --prev_frames: cells each side ((2r+1)^2 per frame)")
     m.add_argument("--same_frame", action="store_true",
                    help="with --prev_frames: also the cells already generated around it in its own frame (the cells "
@@ -55,15 +52,11 @@ def main(argv=None):
     m.add_argument("--read_ink", action="store_true",
                    help="motion tokens (tokenize_videos.py --motion_tokens): each token also reads which cells of the "
                         "previous decoded frame hold ink (the sampler decodes each frame as it completes), so a motion "
-                        "token knows the pixels it moves (README 'Reading the ink')")
+                        "token knows the pixels it moves; models/motion.py)")
     m.add_argument("--ink_radius", type=int, default=2, help="with --read_ink: cells each side ((2r+1)^2)")
     m.add_argument("--ink_edges", action="store_true",
                    help="with --read_ink: cells off the frame read -1 instead of 0 (no ink), so the edge a digit "
                         "bounces off is seen with the ink")
-    m.add_argument("--label_modulation", action="store_true",
-                   help="with --class_conditional: every block's layer norms are also scaled and shifted by the label "
-                        "embedding (adaLN, as VAR / DiT condition), not only the input tokens (measured: labels read no better, "
-                        "worse digits; README 'A stronger label path')")
     m.add_argument("--mamba", action="store_true",
                    help="train a Mamba instead: runs train_latent_mamba.py with the other flags (see its --help)")
     add_lm_args(p)
@@ -71,8 +64,6 @@ def main(argv=None):
     a = p.parse_args(argv)
     if (a.ink_edges or a.ink_radius != 2) and not a.read_ink:
         p.error("--ink_edges / --ink_radius shape what --read_ink reads: they need --read_ink")
-    if a.label_modulation and not a.class_conditional:
-        p.error("--label_modulation conditions on labels: it needs --class_conditional")
     try:
         arr, meta, vae = load_stage_and_vae(a.tokens_input_file, "tokens", a.vae, SCRIPT)
         n_codes = meta.get("n_codes") or vae.n_codes
@@ -80,15 +71,8 @@ def main(argv=None):
                    n_head=a.n_head, n_embd=a.n_embd, dropout=a.dropout,
                    num_classes=NUM_DIGITS if a.class_conditional else 0, pos_emb=a.pos_emb,
                    prev_frames=a.prev_frames, prev_radius=a.prev_radius, same_frame=a.same_frame,
-                   label_modulation=a.label_modulation, read_ink=a.read_ink, ink_radius=a.ink_radius,
+                   read_ink=a.read_ink, ink_radius=a.ink_radius,
                    ink_edges=a.ink_edges)
-        codebook = None
-        if a.code_embeddings and vae.config.get("motion_radius"):
-            raise ValueError(f"--code_embeddings start the embeddings from the codebook, but {a.tokens_input_file} holds "
-                             f"motion tokens beside the codes (tokenize_videos.py --motion_tokens): drop the flag")
-        if a.code_embeddings:  # (n_codes, E): every code's vector in the tokenizer's latent space
-            codebook = vae.module.quantizer.codebook.float().cpu()  # VQ: the EMA codebook; FSQ: its level grid
-            cfg["code_dim"] = codebook.shape[1]
         context = None
         if a.sparse_context_window:
             cfg.update(context_stride=a.context_stride, context_dense=a.context_stride_start)
@@ -110,8 +94,6 @@ def main(argv=None):
         sys.exit(f"error: {e}")
     out = start_run(a, SCRIPT)
     module = LitLM.from_flags(a, "gpt", cfg, n_codes, arr, vae, str(out / "samples"), val.rows, labels)
-    if codebook is not None:
-        module.model.set_code_vectors(codebook)
     fit(a, module, train, val, out=out, script=SCRIPT, checkpoints=LitLM.checkpoints)
 
 

@@ -13,11 +13,10 @@ Writes runs/train_vqvae/<run_name>/{config.json, metrics.csv, samples/, checkpoi
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 from minisora.checkpoint import load_checkpoint, module_state_dict
-from minisora.cli import add_loop_args, add_run_args
+from minisora.cli import Parser, add_loop_args, add_run_args
 from minisora.data import VideoDataset, collate_videos
 from minisora.lit_vae import LitVAE
 from minisora.resolve import resolve_checkpoint_path
@@ -27,7 +26,7 @@ from models.vqvae import PRESETS, VideoVAE, make_config
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(__doc__)
     m = p.add_argument_group("model")
     m.add_argument("--network_variant", default="s8_b", choices=sorted(PRESETS), metavar="VARIANT",
                    help="preset name (default s8_b: 4x4x4 VQ-VAE). One of: " + ", ".join(PRESETS))

@@ -6,7 +6,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
@@ -21,13 +20,14 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from generate_flying_mnist import generate  # noqa: E402
+from minisora.cli import Parser
 from minisora.data import VideoDataset, collate_videos  # noqa: E402
 from minisora.flying_mnist import FlyingMNISTConfig  # noqa: E402
 from minisora.video_io import available_backends, read_video  # noqa: E402
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(__doc__)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     a = p.parse_args()

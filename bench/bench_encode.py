@@ -5,7 +5,6 @@ for a project VAE and the SD-VAE architecture (sd-vae-ft-mse's config, random we
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from minisora.cli import Parser
 from minisora.resolve import VAEHandle  # noqa: E402
 from models.vqvae import VideoVAE, make_config  # noqa: E402
 
@@ -49,7 +49,7 @@ def bench(vae: VAEHandle, shape, device, iters=3, tokens=False):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(__doc__)
     p.add_argument("--iters", type=int, default=3)
     a = p.parse_args()
     dev = "cuda" if torch.cuda.is_available() else "cpu"

@@ -12,7 +12,6 @@ The digit classifier is evaluate.py's (trained on first use into --cache_dir, de
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -23,9 +22,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from evaluate import cached  # noqa: E402
+from minisora.cli import Parser
 from minisora.data import held_out_rows  # noqa: E402
 from minisora.evaluation import DigitCNN, train_digit_classifier, video_metrics  # noqa: E402
-from minisora.generate import load_generator  # noqa: E402
+from minisora.generate import Sampling, load_generator  # noqa: E402
 from minisora.video_io import to_uint8_frames  # noqa: E402
 
 
@@ -33,7 +33,8 @@ def first_frames(module, n: int, ink_temperature: float | None, batch_size: int 
     """n decoded first frames (n, 3, H, W) in [-1, 1], batch i seeded i."""
     out = []
     for i in range(0, n, batch_size):
-        codes = module.sample_codes(min(batch_size, n - i), seed=i, ink_temperature=ink_temperature, num_frames=1)
+        opts = module.token_sampling(Sampling(ink_temperature=ink_temperature))
+        codes = module.sample_codes(min(batch_size, n - i), seed=i, opts=opts, num_frames=1)
         out.append(module.vae.decode_codes(codes)[:, :, 0].cpu())
     return torch.cat(out)
 
@@ -51,7 +52,7 @@ def first_frame_loss(module, tokens: np.ndarray, rows, batch_size: int = 32) -> 
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(__doc__)
     p.add_argument("--checkpoint", required=True, help="a GPT / Mamba checkpoint (train_latent_nanogpt.py, ...)")
     p.add_argument("--num", type=int, default=256, help="first frames drawn per temperature")
     p.add_argument("--ink_temperature", type=float, nargs="+", default=[None],

@@ -13,7 +13,6 @@ wrong label set (every digit replaced by another one):
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from minisora.cli import Parser
 from minisora.data import held_out_rows, multi_hot, stage_labels  # noqa: E402
 from minisora.generate import load_generator  # noqa: E402
 from minisora.stagefile import load_stage  # noqa: E402
@@ -53,7 +53,7 @@ def label_reading(module, codes: np.ndarray, labels: list[list[int]], batch: int
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(__doc__)
     p.add_argument("--checkpoint", nargs="+", required=True, help="class-conditional GPT / Mamba checkpoints")
     p.add_argument("--tokens", default="data/latents/tok.npy", help="the tokens .npy the checkpoints were trained on")
     p.add_argument("--val_fraction", type=float, default=0.05, help="the last fraction of rows (as training held out)")

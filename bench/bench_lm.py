@@ -7,7 +7,6 @@ and the mamba-ssm kernels' path when installed on a GPU).
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from minisora.cli import Parser
 from bench.common import matmul_peak, sync, timeit, train_flops  # noqa: E402
 from minisora.training import adamw  # noqa: E402
 from models.gpt import GPT, GPTConfig  # noqa: E402
@@ -33,7 +33,7 @@ def tokens_per_s(model, n_new: int, use_cache: bool, dev: str, prompt_len: int =
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(__doc__)
     p.add_argument("--small", action="store_true")
     p.add_argument("--tokens", type=int, default=256, help="tokens generated per sampling measurement")
     a = p.parse_args()

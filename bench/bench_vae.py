@@ -8,7 +8,6 @@ Each measurement runs in a fresh process so peak memory is its own (CPU: max RSS
 """
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
 import resource
 import statistics
@@ -17,6 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from minisora.cli import Parser  # noqa: E402
 
 UPSTREAM_CPU = {  # upstream fp32 / bf16 s per step on this 2-core CPU (shared/reference/upstream_baseline.md)
     ("s4t4_b_vq", "2x16x64"): (0.111, 0.067), ("s4t4_b_vq", "2x32x256"): (6.111, 4.125),
@@ -56,7 +56,7 @@ def measure(preset: str, shape: str, bf16: bool, iters: int, q) -> None:
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(__doc__)
     p.add_argument("--presets", nargs="+", default=["s4t4_b_vq", "s8_b", "vae_s4t4_b", "s8t8_b_vq", "s4t4_m_vq",
                                                      "vae_s4t4_m", "s4t4_l_vq"])
     p.add_argument("--shapes", nargs="+", default=None, help="BxTxR, e.g. 2x32x256 (default depends on device)")

@@ -3,7 +3,7 @@ number of optimizer steps (or seconds) and scores its reconstructions of the val
 over RGB of the foreground, 0-255; real videos: ~76) and the per-digit colour error (distance between the mean RGB
 of the reconstruction and of the source over each digit's pixels: minisora.evaluation.colour_error, the same
 measure as `evaluate.py --vae`).
-Steps, not minutes, make runs comparable on a shared machine. The README's colour ablation rows come from here.
+Steps, not minutes, make runs comparable on a shared machine. The colour rows of docs/vae_colour.md ("Short runs on the demo data") come from here.
 
   python bench/bench_vae_colour.py --steps 150                                   # vae_s4t4_m, E=4: the old recipe
   python bench/bench_vae_colour.py --steps 150 --chroma_weight 4
@@ -13,7 +13,6 @@ Steps, not minutes, make runs comparable on a shared machine. The README's colou
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from minisora.cli import Parser
 from minisora.evaluation import chroma, colour_error  # noqa: E402
 from minisora.metrics import psnr  # noqa: E402
 from minisora.video_io import read_video  # noqa: E402
@@ -39,7 +39,7 @@ def to_model(u: torch.Tensor) -> torch.Tensor:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(__doc__)
     p.add_argument("--data", default="data/flying_mnist_demo", help="folder with train/ and val/ (+ metadata.jsonl)")
     p.add_argument("--variant", default="vae_s4t4_m")
     p.add_argument("--channels", type=int, nargs="+", default=None)

@@ -9,6 +9,33 @@ only defaults (`p.set_defaults`). Model-family groups: `add_diffusion_args`, `ad
 from __future__ import annotations
 
 import argparse
+import shlex
+from pathlib import Path
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+
+
+class Parser(argparse.ArgumentParser):
+    """Every script's parser: no abbreviations, the docstring kept as written, and flags read from files with
+    `@file` (e.g. `python train_vqvae.py @recipes/vae.args --dataset ...`): a recipe file holds flags as on a
+    command line, several per line, `#` starts a comment. Flags after `@file` override it."""
+
+    def __init__(self, description: str | None = None, **kw):
+        kw.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(description=description, allow_abbrev=False, fromfile_prefix_chars="@", **kw)
+
+    def convert_arg_line_to_args(self, line: str) -> list[str]:
+        return shlex.split(line, comments=True)
+
+
+def recipe(name: str) -> list[str]:
+    """The flags of recipes/<name>.args, as a command line (what `@recipes/<name>.args` expands to)."""
+    path = RECIPES / f"{name}.args"
+    if not path.exists():
+        known = ", ".join(sorted(f.stem for f in RECIPES.glob("*.args")))
+        raise FileNotFoundError(f"no recipe {name!r} ({path}); known: {known}")
+    return [arg for line in path.read_text().splitlines() for arg in shlex.split(line, comments=True)]
+
 
 VAE_HELP = ("VAE: a MiniSora checkpoint (file or run folder), a wandb artifact (entity/project/name:vN) or a Hugging "
             "Face AutoencoderKL id/folder. Default: the VAE named in the input stage file's sidecar, else the newest "
@@ -132,10 +159,6 @@ def add_lm_args(p: argparse.ArgumentParser) -> None:
     d.add_argument("--first_frame_windows", type=float, default=0.0,
                    help="fraction of training windows that begin a clip cut at a random latent frame ([BOS, frame k, "
                         "...]): more practice on the first frame, the one drawn from nothing, on every frame of the data")
-    d.add_argument("--input_noise", type=float, default=0.0,
-                   help="each training window replaces a fraction U(0, this) of the codes the model reads by codes from "
-                        "elsewhere in its clip (targets stay clean): the model learns to correct the errors a sampler "
-                        "feeds it instead of copying them forward (context noise augmentation)")
     d.add_argument("--class_conditional", action="store_true",
                    help="GPT / Mamba: condition on the digits present (the tokens' source metadata), whole-prompt dropout 0.1 "
                         "for classifier-free guidance (sample.py --labels 3 7 --cfg_scale 2)")
@@ -147,17 +170,16 @@ def add_lm_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--min_lr", type=float, default=1e-4)
     t.add_argument("--beta2", type=float, default=0.99)
     t.add_argument("--weight_decay", type=float, default=0.1)
-    s = p.add_argument_group("sampling")
-    s.add_argument("--temperature", type=float, default=1.0)
-    s.add_argument("--top_k", type=int, default=100)
+    s = p.add_argument_group("sampling (periodic samples; kept in the checkpoint as the defaults of sample.py / "
+                             "evaluate.py)")
+    s.add_argument("--temperature", type=nonnegative_float, default=1.0, help="0: greedy")
+    s.add_argument("--top_k", type=int, default=100, help="0: off")
     s.add_argument("--top_p", type=float, default=None)
-    s.add_argument("--later_temperature", type=float, default=None,
-                   help="temperature of the codes after the first latent frame (default: --temperature's); stored as "
-                        "the checkpoint's sampling default, like --temperature / --top_k")
+    s.add_argument("--cfg_scale", type=float, default=1.0,
+                   help="classifier-free guidance on the logits, with label prompts (--class_conditional)")
     s.add_argument("--ink_temperature", type=nonnegative_float, default=None,
                    help="temperature of the digit codes only: whether a cell is background keeps the model's odds at "
-                        "--temperature, which digit code is drawn at this one (0: the most likely); stored as the "
-                        "checkpoint's sampling default (README: 'A cooler draw of the digits only')")
+                        "--temperature, which digit code is drawn at this one (0: the most likely)")
     s.add_argument("--prompt_frames", type=int, default=1,
                    help="also continue a real val video from its first N latent frames (0: off)")
     add_loop_args(p)
@@ -173,43 +195,33 @@ def nonnegative_float(text: str) -> float:
     return value
 
 
-def add_token_sampling_args(p: argparse.ArgumentParser) -> None:
-    """--temperature/--top_k/--top_p for sampling token-model checkpoints (None: the values it was trained with)."""
-    t = p.add_argument_group("token-model checkpoints (default: the values the model was trained with)")
-    t.add_argument("--temperature", type=float, default=None, help="0 = greedy")
-    t.add_argument("--top_k", type=int, default=None, help="0 = off")
-    t.add_argument("--top_p", type=float, default=None, help="1 = off")
-    t.add_argument("--later_temperature", type=float, default=None,
-                   help="temperature of the codes after the first latent frame (default: --temperature's); cooler "
-                        "draws clean the shapes but erode the digits (README: 'A cooler draw after the first frame')")
-    t.add_argument("--ink_temperature", type=nonnegative_float, default=None,
-                   help="temperature of the digit codes only (whether a cell is background keeps the model's odds): "
-                        "cleaner digits that keep their ink (README: 'A cooler draw of the digits only')")
-    t.add_argument("--first_frame_candidates", type=int, default=1, metavar="K",
-                   help="class-conditional token models: draw K first latent frames per video and keep the one the "
-                        "model itself reads as most like its prompt's digits (unprompted: like any digit), then draw "
-                        "the rest (costs K first frames; README: 'Picking the first frame')")
-    t.add_argument("--guide_checkpoint", default=None, metavar="REF",
-                   help="GPT checkpoints: autoguidance by a weaker version of the model, e.g. an earlier checkpoint of "
-                        "its run (--checkpoint_every): logits = guide + scale * (model - guide), among the model's "
-                        "top_k codes (README: 'Autoguidance')")
-    t.add_argument("--guide_scale", type=float, default=1.0, help="with --guide_checkpoint (1: no guidance)")
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    """The sampling flags of sample.py / evaluate.py, for every generator. Unset: the checkpoint's recipe value."""
+    g = p.add_argument_group("sampling (default: the checkpoint's recipe, what its training run was given)")
+    g.add_argument("--sampler", default=None, choices=["dpm++", "ddim", "ddpm", "euler", "heun"],
+                   help="diffusion: eps models dpm++ | ddim | ddpm; rf models euler | heun")
+    g.add_argument("--steps", type=int, default=None, help="diffusion sampler steps (ddpm: respaced ancestral steps; "
+                                                           "heun: 2 model calls per step)")
+    g.add_argument("--no_ema", action="store_true", help="diffusion: the raw weights instead of the EMA ones")
+    g.add_argument("--cfg_scale", type=float, default=None,
+                   help="classifier-free guidance scale with label prompts (GPTs: on the logits; 1: none)")
+    g.add_argument("--temperature", type=nonnegative_float, default=None, help="token models; 0 = greedy")
+    g.add_argument("--top_k", type=int, default=None, help="token models; 0 = off")
+    g.add_argument("--top_p", type=float, default=None, help="token models; 1 = off")
+    g.add_argument("--ink_temperature", type=nonnegative_float, default=None,
+                   help="token models: temperature of the digit codes only (whether a cell is background keeps the "
+                        "model's odds)")
+
+
+def sampling_options(a):
+    """The minisora.generate.Sampling of add_sampling_args' flags."""
+    from minisora.generate import Sampling
+
+    return Sampling(a.sampler, a.steps, a.cfg_scale, a.temperature, a.top_k, a.top_p, a.ink_temperature,
+                    use_ema=not a.no_ema)
 
 
 def training_windows(a, vae) -> dict:
     """token_splits keyword arguments of the training-window flags of add_lm_args (every token script), and
     whether the tokens are motion tokens (`vae`, the tokens' resolved tokenizer, says)."""
-    return dict(first_frame_windows=a.first_frame_windows, input_noise=a.input_noise,
-                motion_tokens=bool(vae.config.get("motion_radius")))
-
-
-def token_sampling(a, guide=None) -> dict:
-    """generate_videos / continue_videos keywords of add_token_sampling_args' flags; guide: the model loaded from
-    --guide_checkpoint (minisora.generate.load_guide)."""
-    if a.first_frame_candidates < 1:
-        raise SystemExit(f"error: --first_frame_candidates must be >= 1, got {a.first_frame_candidates}")
-    if a.guide_scale != 1.0 and a.guide_checkpoint is None:
-        raise SystemExit("error: --guide_scale needs --guide_checkpoint (the weaker model that guides)")
-    return dict(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, later_temperature=a.later_temperature,
-                first_frame_candidates=a.first_frame_candidates, ink_temperature=a.ink_temperature,
-                guide=guide, guide_scale=a.guide_scale)
+    return dict(first_frame_windows=a.first_frame_windows, motion_tokens=bool(vae.config.get("motion_radius")))

@@ -303,19 +303,15 @@ class TokenWindows(Dataset):
     often as a middle one or more). first_frame_windows p: that fraction of items is the start of the clip cut at
     a random latent frame k ([BOS, frame k, ...]; Flying MNIST's motion is stationary, so that is a clip too):
     the model practises the first frame, the one drawn from nothing, more often and on every frame of the data.
-    input_noise r: each item replaces a fraction u ~ U(0, r) of the codes it reads (x and `seq`, never BOS) by codes
-    drawn from other places of the same clip (mostly background: a stroke dropped; else a stroke of the clip's own
-    colours in the wrong place); targets y stay clean. A sampler reads its own draws, errors included; trained on
-    clean inputs only, a model copies those errors forward and the digits drift (GameNGen's context noise, for codes).
     motion_tokens (tokenize_videos.py --motion_tokens): only the first latent frame holds codes, every later one
     motion tokens; a first-frame window then always starts the clip at frame 0 (a later frame cut to the front
-    would teach the first frame's positions motion tokens), and input noise replaces a token by one of its own kind.
-    ink (N, t h w) 0/1 per cell of each clip's decoded frames (minisora.lit_gpt.ink_maps): item `ink`, the row's
+    would teach the first frame's positions motion tokens).
+    ink (N, t h w) 0/1 per cell of each clip's decoded frames (models.motion.ink_maps): item `ink`, the row's
     map (cut like the codes for a first-frame window), what a GPT with read_ink reads."""
 
     def __init__(self, array: np.ndarray, rows: range, block_size: int, bos: int, samples_per_epoch: int = 10000,
                  only_predict_last: bool = False, context=None, labels: list[list[int]] | None = None,
-                 with_history: bool = False, first_frame_windows: float = 0.0, input_noise: float = 0.0,
+                 with_history: bool = False, first_frame_windows: float = 0.0,
                  motion_tokens: bool = False, ink: np.ndarray | None = None):
         self.array, self.rows, self.block_size, self.bos, self.labels = array, rows, block_size, bos, labels
         self.ink = ink
@@ -326,9 +322,6 @@ class TokenWindows(Dataset):
         self.first_frame_windows = first_frame_windows
         if not 0 <= first_frame_windows <= 1:
             raise ValueError(f"first_frame_windows {first_frame_windows} is a fraction of windows: 0..1")
-        self.input_noise = input_noise
-        if not 0 <= input_noise < 1:
-            raise ValueError(f"input_noise {input_noise} is the largest fraction of input codes replaced: 0..1 (exclusive)")
         self.seq_len = int(np.prod(array.shape[1:])) + 1
         if block_size + 1 > self.seq_len:
             raise ValueError(f"block_size {block_size} + 1 > tokens per video + BOS ({self.seq_len})")
@@ -350,18 +343,17 @@ class TokenWindows(Dataset):
             codes, start = codes[k * frame:], 0
         cut = self.seq_len - 1 - len(codes)  # the cells cut from the clip's front (a first-frame window)
         full = np.concatenate([[self.bos], codes])
-        read = self.corrupt(full, g) if self.input_noise else full  # what the model reads; targets come from full
         if self.context is not None:  # sparse window predicting the token after position q = start + block_size - 1
             pos = np.asarray(self.context(start + self.block_size))
-            x, y = torch.from_numpy(read[pos]), torch.from_numpy(full[pos + 1])
-            return self._extras({"x": x, "y": y, "start": torch.from_numpy(pos), "row": row}, read, cut)
-        x = torch.from_numpy(read[start:start + self.block_size])
+            x, y = torch.from_numpy(full[pos]), torch.from_numpy(full[pos + 1])
+            return self._extras({"x": x, "y": y, "start": torch.from_numpy(pos), "row": row}, full, cut)
+        x = torch.from_numpy(full[start:start + self.block_size])
         y = torch.from_numpy(full[start + 1:start + self.block_size + 1].copy())
         if self.only_predict_last:  # a growing prefix predicts one next token: loss on a random position only
             k = int(torch.randint(0, self.block_size, (), generator=g).item())
             y[:k] = -1
             y[k + 1:] = -1
-        return self._extras({"x": x, "y": y, "start": start, "row": row}, read, cut)
+        return self._extras({"x": x, "y": y, "start": start, "row": row}, full, cut)
 
     def window_start(self, g: torch.Generator) -> int:
         """A window's first position: uniform over block_size - 1 more starts on each side than fit, clipped to
@@ -373,29 +365,14 @@ class TokenWindows(Dataset):
         raw = int(torch.randint(1 - self.block_size, n + self.block_size - 1, (), generator=g).item())
         return min(max(raw, 0), n - 1)
 
-    def corrupt(self, full: np.ndarray, g: torch.Generator) -> np.ndarray:
-        """A copy of [BOS, c_0, ...] with a fraction u ~ U(0, input_noise) of its codes (never BOS) replaced by
-        codes from random places of the same sequence (with motion_tokens: of the same kind, code or motion)."""
-        n = len(full) - 1
-        u = float(torch.rand((), generator=g)) * self.input_noise
-        hit = (torch.rand(n, generator=g) < u).numpy()
-        out = full.copy()
-        # segments [lo, hi) of positions whose tokens are interchangeable: the codes of frame 0 | the motion tokens
-        frame = int(np.prod(self.array.shape[2:]))
-        for lo, hi in ([(1, frame + 1), (frame + 1, n + 1)] if self.motion_tokens else [(1, n + 1)]):
-            pick = np.flatnonzero(hit[lo - 1:hi - 1]) + lo
-            if len(pick) and hi > lo:
-                out[pick] = full[torch.randint(lo, hi, (len(pick),), generator=g).numpy()]
-        return out
-
-    def _extras(self, item: dict, read: np.ndarray, cut: int = 0) -> dict:
-        """`read`: the sequence the model reads (corrupted with input_noise); `cut`: the cells cut from the clip's
-        front (a first-frame window)."""
+    def _extras(self, item: dict, full: np.ndarray, cut: int = 0) -> dict:
+        """`full`: the item's sequence [BOS, codes...]; `cut`: the cells cut from the clip's front (a first-frame
+        window)."""
         if self.ink is not None:  # padded at its end like `seq` (a token reads only frames before its own)
             ink = np.asarray(self.ink[item["row"]])[cut:]
             item["ink"] = torch.from_numpy(np.pad(ink, (0, self.seq_len - 1 - len(ink))))
         if self.with_history:  # a cut clip's is padded at its end (never read: a token reads only positions before it)
-            item["seq"] = torch.from_numpy(np.pad(read, (0, self.seq_len - len(read)), constant_values=self.bos))
+            item["seq"] = torch.from_numpy(np.pad(full, (0, self.seq_len - len(full)), constant_values=self.bos))
         if self.labels is not None:  # the multi-hot digit set of the item's video
             item["labels"] = multi_hot(self.labels[item["row"]])
         return item
@@ -410,15 +387,14 @@ def held_out_rows(n: int, val_fraction: float) -> tuple[range, range]:
 
 def token_splits(array: np.ndarray, val_fraction: float, block_size: int, bos: int, train_items: int, val_items: int,
                  only_predict_last: bool = False, context=None, labels=None,
-                 with_history: bool = False, first_frame_windows: float = 0.0,
-                 input_noise: float = 0.0, motion_tokens: bool = False,
+                 with_history: bool = False, first_frame_windows: float = 0.0, motion_tokens: bool = False,
                  ink: np.ndarray | None = None) -> tuple[TokenWindows, TokenWindows]:
     """Train and val TokenWindows of a tokens array: the last val_fraction of its rows (at least one, when
     there are two or more) are held out for val/loss; a one-video file validates on its training row.
-    first_frame_windows and input_noise apply to training only (val/loss stays the loss of whole clean clips' windows)."""
+    first_frame_windows applies to training only (val/loss stays the loss of whole clips' windows)."""
     train_rows, val_rows = held_out_rows(len(array), val_fraction)
     train = TokenWindows(array, train_rows, block_size, bos, train_items, only_predict_last, context, labels, with_history,
-                         first_frame_windows, input_noise, motion_tokens, ink)
+                         first_frame_windows, motion_tokens, ink)
     val = TokenWindows(array, val_rows or train_rows, block_size, bos, val_items, only_predict_last, context, labels,
                        with_history, motion_tokens=motion_tokens, ink=ink)
     return train, val

@@ -16,7 +16,7 @@ from models.layers import TEMPORAL_PADDINGS
 
 from minisora.data import VideoDataset, collate_videos, to_model_range
 from minisora.metrics import psnr
-from minisora.cli import VAE_HELP, add_bad_video_arg, add_vae_arg
+from minisora.cli import Parser, VAE_HELP, add_bad_video_arg, add_vae_arg
 from minisora.resolve import VAEHandle, choose_vae, derive_vae, load_vae
 from minisora.stagefile import StageWriter, check_vae_matches, load_stage, token_dtype
 from minisora.video_io import VideoReadError, save_video_grid
@@ -49,11 +49,8 @@ def add_args(p: argparse.ArgumentParser, kind: str) -> None:
         p.add_argument("--motion_tokens", type=int, default=None, metavar="R",
                        help="per-frame tokenizers: code only the first frame, then every cell of each later frame as a "
                             "motion vector (|dy|, |dx| <= R px) of the previous decoded frame's block: tokens n_codes + "
-                            "0..(2R+1)^2-1 (README section 3, \"Motion tokens\"; R=5 covers the demo data's <= 4.9 "
-                            "px/frame). Saved as <output>.vae.ckpt, like --temporal_padding")
-        p.add_argument("--blank_token", action="store_true",
-                       help="with --motion_tokens: one more motion token, a black cell, given to every cell without ink "
-                            "(what a moving digit leaves behind becomes one easy token; README \"Motion tokens\")")
+                            "0..(2R+1)^2-1 (models/motion.py; R=5 covers the demo data's <= 4.9 px/frame). Saved as "
+                            "<output>.vae.ckpt, like --temporal_padding")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--num_workers", type=int, default=2)
     p.add_argument("--decode", type=int, default=0, metavar="N",
@@ -62,8 +59,7 @@ def add_args(p: argparse.ArgumentParser, kind: str) -> None:
 
 def main(argv, kind: str, description: str) -> Path:
     """The whole of latents.py (kind "latents") and tokenize_videos.py (kind "tokens")."""
-    p = argparse.ArgumentParser(description=description, allow_abbrev=False,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description)
     add_args(p, kind)
     return run(p.parse_args(argv), kind)
 
@@ -92,18 +88,15 @@ def run(a, kind: str) -> Path:
     ds.on_error = "raise"  # past the probe, rows must stay aligned with ds.files: a file that fails to decode stops
     out = Path(a.output) if a.output else default_output(a, vae, kind)
     merge, motion = getattr(a, "merge_codes", None), getattr(a, "motion_tokens", None)
-    blank = getattr(a, "blank_token", False)
-    if blank and not motion:
-        sys.exit("error: --blank_token is a motion token: it needs --motion_tokens R")
     if a.temporal_padding or merge or motion is not None:
         try:
-            vae = derive_vae(vae, out.with_suffix(".vae.ckpt"), a.temporal_padding, merge, motion, blank)
+            vae = derive_vae(vae, out.with_suffix(".vae.ckpt"), a.temporal_padding, merge, motion)
         except ValueError as e:
             sys.exit(f"error: {e}")
         print(f"[{kind}] encoding with {vae.reference}: temporal padding {vae.config.get('temporal_padding')}" + (
             f", codes closer than {merge} merged ({int(vae.module.quantizer.active.sum())} of "
             f"{vae.config['n_codes']} active)" if merge else "") + (
-            f", motion tokens after the first frame (radius {motion}{', blank token' if blank else ''}: {vae.n_codes} "
+            f", motion tokens after the first frame (radius {motion}: {vae.n_codes} "
             f"tokens)" if motion else ""))
     if out.exists():
         print(f"[{kind}] {out} exists; delete it to recompute")

@@ -2,14 +2,34 @@
 (diffusion: train_dit.py / iddpm.py; next-token: train_latent_*.py) with its VAE, and generate videos."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from minisora.checkpoint import load_checkpoint
 from minisora.data import draw_label_sets, hold_last_frame, multi_hot
 from minisora.resolve import load_vae, resolve_checkpoint_path
-from models import build_model
 
 DIFFUSION, TOKEN_MODELS = ("latte", "stdit"), ("gpt", "mamba")
+
+
+@dataclass
+class Sampling:
+    """Sampling settings as a user gives them (sample.py / evaluate.py flags), passed whole to the generator.
+    None: the checkpoint's own recipe value (what its training run was told: --sampler, --sample_steps,
+    --cfg_scale, --temperature, ...), so a checkpoint alone gives its recipe's samples.
+
+    Diffusion: sampler (eps: dpm++ | ddim | ddpm; rf: euler | heun), steps, use_ema. Token models: temperature
+    (0: greedy), top_k (0: off), top_p (1: off), ink_temperature (the digit codes' own temperature). Both:
+    cfg_scale, classifier-free guidance with label prompts (1: none)."""
+    sampler: str | None = None
+    steps: int | None = None
+    cfg_scale: float | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    ink_temperature: float | None = None
+    use_ema: bool = True
 
 
 def load_generator(ref: str, device: str = "cpu", vae: str | None = None):
@@ -21,14 +41,12 @@ def load_generator(ref: str, device: str = "cpu", vae: str | None = None):
     if kind in DIFFUSION:
         from minisora.lit_diffusion import LitDiffusion
         module = LitDiffusion(kind, meta["config"], meta["diffusion"], meta["latent"], vae or meta["vae"],
-                              ema_decay=meta.get("ema_decay", 0.9999), label_prior=meta.get("label_prior"))
+                              ema_decay=meta.get("ema_decay", 0.9999), label_prior=meta.get("label_prior"),
+                              **recipe_sampling(ckpt, LitDiffusion))
     elif kind in TOKEN_MODELS:
         from minisora.lit_gpt import LitLM
-        # the sampling defaults it was trained with (--temperature, --top_k, ..., --ink_temperature and the background
-        # codes that needs); LitLM's own defaults for checkpoints that lack one
-        hp = ckpt.get("hyper_parameters") or {}
         module = LitLM(kind, meta["config"], meta["n_codes"], meta["grid"], vae or meta["vae"],
-                       label_prior=meta.get("label_prior"), **{k: hp[k] for k in LitLM.SAMPLING_DEFAULTS if k in hp})
+                       label_prior=meta.get("label_prior"), **recipe_sampling(ckpt, LitLM))
     else:
         raise ValueError(f"{ref} is a {kind!r} checkpoint, not a video generator ({', '.join(DIFFUSION + TOKEN_MODELS)})")
     module.load_state_dict(ckpt["state_dict"])
@@ -36,23 +54,11 @@ def load_generator(ref: str, device: str = "cpu", vae: str | None = None):
     return module.to(device).eval()
 
 
-def load_guide(ref: str | None, module, device: str = "cpu"):
-    """The weaker GPT that autoguidance pushes `module`'s draws away from (`--guide_checkpoint`: an earlier
-    checkpoint of the same run, e.g. runs/<run>/checkpoints/step0001000.ckpt from --checkpoint_every), or None."""
-    if ref is None:
-        return None
-    if is_diffusion(module) or module.hparams.kind != "gpt":
-        raise ValueError("--guide_checkpoint: autoguidance is implemented for GPT checkpoints only")
-    from models.gpt import check_guide
-
-    ckpt = load_checkpoint(resolve_checkpoint_path(ref))
-    meta = ckpt["minisora"]
-    if meta.get("kind") != "gpt":
-        raise ValueError(f"--guide_checkpoint {ref} is a {meta.get('kind')!r} checkpoint: the guide must be a GPT")
-    guide = build_model("gpt", meta["config"])
-    guide.load_state_dict({k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")})
-    check_guide(module.model, guide)
-    return guide.to(device).eval()
+def recipe_sampling(ckpt: dict, cls) -> dict:
+    """The sampling settings a checkpoint's training run was given (its recipe's: sampler, steps, guidance scale,
+    temperatures, and the background codes a digit-code temperature needs); the module's defaults for the others."""
+    hp = ckpt.get("hyper_parameters") or {}
+    return {k: hp[k] for k in cls.SAMPLING_DEFAULTS if k in hp}
 
 
 def is_diffusion(module) -> bool:
@@ -64,64 +70,48 @@ def num_classes(module) -> int:
     return int((getattr(module.hparams, "model_config", None) or {}).get("num_classes") or 0)
 
 
-@torch.no_grad()
-def generate_videos(module, n: int, batch_size: int = 8, seed: int = 0, sampler: str | None = "dpm++", steps: int = 25,
-                    y: torch.Tensor | None = None, use_ema: bool = True, cfg_scale: float = 1.0,
-                    temperature: float | None = None, top_k: int | None = None,
-                    top_p: float | None = None, later_temperature: float | None = None,
-                    first_frame_candidates: int = 1, ink_temperature: float | None = None, guide=None,
-                    guide_scale: float = 1.0) -> list[torch.Tensor]:
-    """n videos (3, T, H, W) in [-1, 1] on the CPU, in batches (batch i uses seed + i * batch_size).
+def check_prompts(module, y: torch.Tensor | None, n: int) -> torch.Tensor | None:
+    """y: None, or float multi-hot prompts (1, C) (the same for every video) or (n, C); an unconditional model
+    ignores them (said once)."""
+    if y is None:
+        return None
+    if y.dim() != 2 or y.shape[0] not in (1, n):
+        raise ValueError(f"y must be a multi-hot tensor of shape (1, C) or ({n}, C), got {tuple(y.shape)}")
+    if not num_classes(module):
+        from minisora.diffusion import note_once
+        note_once("[sample] labels given to an unconditional model: ignored")
+        return None
+    return y.float().expand(n, -1)
 
-    Diffusion models use sampler/steps/y/use_ema/cfg_scale. sampler: dpm++ | ddim | ddpm for epsilon models,
-    euler | heun for rectified-flow ones (an epsilon sampler such as the default dpm++ becomes euler there,
-    said once). y: None (a class-conditional model gets its null label), or a float multi-hot tensor (1, C)
-    (the same prompt for every video) or (n, C) (one row per video); cfg_scale: classifier-free guidance
-    scale (1: none). Token models take y and cfg_scale too (class-conditional GPTs; guidance on the logits)
-    and temperature / top_k / top_p (None: the trained values; top_k 0 and top_p 1 turn them off) /
-    later_temperature (past the first latent frame; None: temperature's) / first_frame_candidates (K > 1:
-    each video's first latent frame is the best of K draws by the model's own label reading) / ink_temperature
-    (the digit codes' temperature; None: the trained default) / guide, guide_scale (autoguidance by a weaker GPT of
-    the same run, from load_guide; GPT.generate); batched
-    KV-cache decoding: each step is cheap, a batch fills the matmuls."""
+
+@torch.no_grad()
+def generate_videos(module, n: int, batch_size: int = 8, seed: int = 0, opts: Sampling | None = None,
+                    y: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """n videos (3, T, H, W) in [-1, 1] on the CPU, in batches (batch i uses seed + i * batch_size), drawn as
+    `opts` says (None or None fields: the checkpoint's recipe); y: label prompts (check_prompts)."""
+    y = check_prompts(module, y, n)
     diffusion = is_diffusion(module)
-    if y is not None:
-        if y.dim() != 2 or y.shape[0] not in (1, n):
-            raise ValueError(f"y must be a multi-hot tensor of shape (1, C) or ({n}, C), got {tuple(y.shape)}")
-        if not num_classes(module):
-            from minisora.diffusion import note_once
-            note_once("[sample] labels given to an unconditional model: ignored")
-            y = None
-    if diffusion:
-        sampler = module.diffusion.resolve_sampler(sampler)  # rf: dpm++ -> euler, with a note (once)
+    settings = module.sampling(opts) if diffusion else module.token_sampling(opts)
     videos = []
     for i in range(0, n, batch_size):
         b = min(batch_size, n - i)
-        yb = None if y is None else (y.expand(b, -1) if y.shape[0] == 1 else y[i:i + b]).float()
+        yb = None if y is None else y[i:i + b]
         if diffusion:
-            z = module.sample_latents(b, sampler, steps, seed=seed + i, y=yb, use_ema=use_ema, cfg_scale=cfg_scale)
-            videos.extend(module.vae.decode(z).cpu())
+            videos.extend(module.vae.decode(module.sample_latents(b, seed=seed + i, y=yb, **settings)).cpu())
         else:
-            codes = module.sample_codes(b, seed=seed + i, temperature=temperature, top_k=top_k, top_p=top_p, y=yb,
-                                        cfg_scale=cfg_scale, later_temperature=later_temperature,
-                                        first_frame_candidates=first_frame_candidates, ink_temperature=ink_temperature,
-                                        guide=guide, guide_scale=guide_scale)
+            codes = module.sample_codes(b, seed=seed + i, opts=settings, y=yb)
             videos.extend(module.vae.decode_codes(codes).cpu())
     return videos
 
 
 @torch.no_grad()
 def continue_videos(module, real: torch.Tensor, given: int, batch_size: int = 8, seed: int = 0,
-                    temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-                    y: torch.Tensor | None = None, cfg_scale: float = 1.0,
-                    later_temperature: float | None = None, first_frame_candidates: int = 1,
-                    ink_temperature: float | None = None, guide=None, guide_scale: float = 1.0) -> torch.Tensor:
+                    opts: Sampling | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
     """Continuations of real videos (N, 3, T, H, W) in [-1, 1] by a next-token model: only the first `given`
     frames (a multiple of the VAE's temporal stride) are encoded -- nothing of the future leaks through a
     non-causal encoder -- and the model generates the rest of the code grid. Returns (N, 3, T, H, W) on the
-    CPU: the given frames exactly as they were, then the decoded continuation. y (N, classes) multi-hot, with
-    cfg_scale: label prompts of a class-conditional model (e.g. the digits read in the given frames).
-    first_frame_candidates: accepted with the other sampling settings and unused (the first frames are given).
+    CPU: the given frames exactly as they were, then the decoded continuation. y (N, classes) multi-hot: label
+    prompts of a class-conditional model (e.g. the digits read in the given frames).
 
     The given frames are encoded as a whole clip of T frames whose future is the last given frame held still
     (minisora.data.hold_last_frame). A non-causal encoder shown the given frames alone sees a clip shape it never
@@ -135,14 +125,14 @@ def continue_videos(module, real: torch.Tensor, given: int, batch_size: int = 8,
     if given <= 0 or given % stride or given >= real.shape[2]:
         raise ValueError(f"--continuation {given}: must be a positive multiple of the VAE's temporal stride "
                          f"({stride}) below the clip length ({real.shape[2]})")
+    y = check_prompts(module, y, len(real))
+    settings = module.token_sampling(opts)
     out = []
     for i in range(0, len(real), batch_size):
         x = real[i:i + batch_size].to(vae.device)
         codes = vae.encode_codes(hold_last_frame(x, given, 2))[:, :given // stride]
-        kw = {} if y is None else dict(y=y[i:i + batch_size].float(), cfg_scale=cfg_scale)
-        full = module.sample_codes(len(x), codes, seed=seed + i, temperature=temperature, top_k=top_k, top_p=top_p,
-                                   later_temperature=later_temperature, ink_temperature=ink_temperature,
-                                   guide=guide, guide_scale=guide_scale, **kw)
+        full = module.sample_codes(len(x), codes, seed=seed + i, opts=settings,
+                                   y=None if y is None else y[i:i + batch_size])
         video = vae.decode_codes(full.to(vae.device)).float().clamp(-1, 1)
         out.append(torch.cat([x[:, :, :given], video[:, :, given:]], 2).cpu())
     return torch.cat(out)

@@ -19,6 +19,9 @@ from models import build_model
 
 
 class LitDiffusion(L.LightningModule):
+    # hyperparameters a checkpoint hands to sampling as its recipe's defaults (minisora.generate.load_generator)
+    SAMPLING_DEFAULTS = ("sample_sampler", "sample_steps", "cfg_scale")
+
     def __init__(self, kind: str, model_config: dict, diffusion: dict, latent: dict, vae_reference: str,
                  lr: float = 1e-4, weight_decay: float = 0.0, warmup_steps: int = 0, ema_decay: float = 0.9999,
                  sample_sampler: str | None = None, sample_steps: int = 25, num_samples: int = 2,
@@ -95,6 +98,15 @@ class LitDiffusion(L.LightningModule):
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             z = self.diffusion.sample(fn, (n, *shape), sampler=sampler, steps=steps, generator=g, device=self.device)
         return z.float() * self.latent_std + self.latent_mean
+
+    def sampling(self, o=None) -> dict:
+        """sample_latents keywords: the settings `o` (a minisora.generate.Sampling) gives, the checkpoint's recipe
+        defaults (--sampler, --sample_steps, --cfg_scale of its training run) for those it leaves None."""
+        h = self.hparams
+        pick = lambda name, default: default if o is None or getattr(o, name) is None else getattr(o, name)  # noqa: E731
+        return dict(sampler=self.diffusion.resolve_sampler(pick("sampler", h.sample_sampler)),
+                    steps=pick("steps", h.sample_steps), cfg_scale=pick("cfg_scale", h.cfg_scale),
+                    use_ema=True if o is None else o.use_ema)
 
     def sample_and_save(self, tag: str) -> Path | None:
         if self.vae is None or not self.hparams.sample_dir:

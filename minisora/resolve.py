@@ -236,21 +236,20 @@ def load_vae(ref: str, device: str | torch.device = "cpu") -> VAEHandle:
 
 
 def derive_vae(vae: VAEHandle, path: str | os.PathLike, temporal_padding: str | None = None,
-               merge_codes: float | None = None, motion_radius: int | None = None,
-               motion_blank: bool = False) -> VAEHandle:
+               merge_codes: float | None = None, motion_radius: int | None = None) -> VAEHandle:
     """A copy of a project VAE with its temporal padding changed, its near-duplicate codes merged
-    (VectorQuantizer.merge_near_duplicates) and/or motion tokens after the first frame (models.vqvae: motion_radius),
+    (VectorQuantizer.merge_near_duplicates) and/or motion tokens after the first frame (models/motion.py),
     saved as a VAE checkpoint at `path` and loaded from there, so the stage files it makes name a VAE that
     reproduces them. Each changes only how clips are encoded and decoded; no weight changes."""
     if vae.kind != "project":
         raise ValueError(f"--temporal_padding / --merge_codes / --motion_tokens change a MiniSora VAE; "
                          f"{vae.reference} is {vae.kind}")
     cfg = {**vae.config, **({"temporal_padding": temporal_padding} if temporal_padding else {}),
-           **({"motion_radius": motion_radius, "motion_blank": motion_blank} if motion_radius is not None else {})}
+           **({"motion_radius": motion_radius} if motion_radius is not None else {})}
     model = build_model("vae", cfg).to(vae.device)
     model.load_state_dict(vae.module.state_dict())
     derived = {"from": vae.reference, "temporal_padding": cfg.get("temporal_padding", "zeros"),
-               "motion_radius": cfg.get("motion_radius", 0), "motion_blank": cfg.get("motion_blank", False)}
+               "motion_radius": cfg.get("motion_radius", 0)}
     if merge_codes:
         if not (cfg.get("quantize") and cfg.get("quantizer", "vq") == "vq"):
             raise ValueError(f"--merge_codes needs a VQ tokenizer (an EMA codebook); {vae.reference} has none")

@@ -286,6 +286,41 @@ def _rng_callback():
     return RNGState()
 
 
+def _step_rate(script: str, every_seconds: float = 60.0):
+    """Prints, on rank 0 and at most once every `every_seconds`, the optimizer step, steps per second and the ETA
+    of the step budget (max_steps) or the time budget (max_time), whichever ends first: the same command then
+    says on any machine how long it will take."""
+    import time
+
+    from lightning.pytorch.callbacks import Callback
+
+    def clock(seconds: float) -> str:
+        s = int(seconds)
+        return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+    class StepRate(Callback):
+        def on_train_start(self, trainer, pl_module):
+            self.t0 = self.last = time.time()
+            self.step0 = trainer.global_step
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            now, step = time.time(), trainer.global_step
+            if now - self.last < every_seconds or step == self.step0 or not trainer.is_global_zero:
+                return
+            self.last, rate = now, (step - self.step0) / (now - self.t0)
+            left = []
+            if trainer.max_steps and trainer.max_steps > 0:
+                left.append((trainer.max_steps - step) / rate)
+            timer = next((c for c in trainer.callbacks if type(c).__name__ == "Timer"), None)
+            if timer is not None and timer.time_remaining("train") is not None:
+                left.append(timer.time_remaining("train"))
+            of = f"/{trainer.max_steps}" if trainer.max_steps and trainer.max_steps > 0 else ""
+            eta = f", ETA {clock(min(left))}" if left else ""
+            print(f"[{script}] step {step}{of}, {rate:.2f} steps/s{eta}", flush=True)
+
+    return StepRate()
+
+
 def _periodic_samples(every: int):
     from lightning.pytorch.callbacks import Callback
 
@@ -339,7 +374,7 @@ def fit(a, module, train, val=None, *, out: Path, script: str, checkpoints: dict
     from lightning.pytorch.callbacks import LearningRateMonitor
 
     callbacks = [checkpoint_callback(dirpath=str(out / "checkpoints"), auto_insert_metric_name=False, **checkpoints),
-                 LearningRateMonitor("step")]
+                 LearningRateMonitor("step"), _step_rate(script)]
     if getattr(a, "ckpt_every", 0) and "every_n_train_steps" not in checkpoints:  # e.g. the token models' best + periodic
         from lightning.pytorch.callbacks import ModelCheckpoint
         callbacks.append(ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="step{step:07d}", save_top_k=-1,

@@ -183,27 +183,23 @@ class MambaLM(ClassConditioned, nn.Module):
         return logits, loss
 
     @torch.no_grad()
-    def generate(self, prompt, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True, allowed=None,
-                 generator=None, y=None, cfg_scale: float = 1.0, later_temperature: float | None = None,
-                 ink_temperature: float | None = None, background: torch.Tensor | None = None,
-                 first_frame_tokens: int | None = None):
-        """Recurrent generation (each new token costs O(1)). With config.block_size, every prediction reads a
-        window of at most block_size tokens fed from a zero state, as in training: when the window is full it
-        restarts from its last half (block_size // 2 tokens fed again). use_cache is accepted for the GPT
-        interface (the recurrent state is the cache). y / cfg_scale / later_temperature / ink_temperature / background:
-        label prompts, guidance on the logits, the temperature past the first latent frame and of the digit codes,
-        first_frame_tokens: the motion tokenizers' vocabulary split, as models.gpt.GPT.generate."""
-        from models.gpt import sample_logits, step_allowed, step_temperature
+    def generate(self, prompt, max_new_tokens, opts=None, y=None, generator=None, use_cache=True, processors=(),
+                 reader=None, background=None):
+        """Recurrent generation (each new token costs O(1)), with models.gpt.GPT.generate's interface (use_cache is
+        accepted: the recurrent state is the cache; reader: Mamba reads no extra inputs). With config.block_size,
+        every prediction reads a window of at most block_size tokens fed from a zero state, as in training: when the
+        window is full it restarts from its last half (block_size // 2 tokens fed again)."""
+        from models.gpt import TokenSampling, sample_logits, twice
 
-        guide = y is not None and self.y_embed is not None and cfg_scale != 1.0
-        labels = torch.cat([y, self.null_label_like(y)]) if guide else y
-
-        def step(token, pos, states):  # (B, V) guided logits after feeding one token
-            out = self(torch.cat([token, token]) if guide else token, start=pos, states=states, y=labels)[0][:, -1]
-            return cfg_guide(out.float(), cfg_scale) if guide else out.float()
-
+        opts = opts or TokenSampling()
+        guided = y is not None and self.y_embed is not None and opts.cfg_scale != 1.0
+        labels = torch.cat([y, self.null_label_like(y)]) if guided else y
         bs = self.config.block_size
         seq, anchor = prompt, max(0, prompt.shape[1] - bs) if bs else 0
+
+        def step(token, pos, states):  # (B, V) guided logits after feeding one token
+            out = self(twice(token) if guided else token, start=pos, states=states, y=labels)[0][:, -1].float()
+            return cfg_guide(out, opts.cfg_scale) if guided else out
 
         def window():  # the window's tokens fed from zero states: (logits of its last token, states)
             states = [{} for _ in self.blocks]
@@ -213,9 +209,9 @@ class MambaLM(ClassConditioned, nn.Module):
 
         logits, states = window()
         for _ in range(max_new_tokens):
-            nxt = sample_logits(logits, step_temperature(seq.shape[1], self.config.grid, temperature, later_temperature),
-                                top_k, top_p, step_allowed(seq.shape[1], self.config.grid, allowed, first_frame_tokens),
-                                generator, ink_temperature, background)
+            for process in processors:
+                logits = process(seq, logits)
+            nxt = sample_logits(logits, opts, generator, background)
             seq = torch.cat([seq, nxt], 1)
             if bs and reanchor(seq.shape[1], anchor, bs) != anchor:
                 anchor = reanchor(seq.shape[1], anchor, bs)

@@ -3,13 +3,8 @@
     x (B, 3, T, H, W) in [-1, 1]  --encoder-->  z (B, E, T/ts, H/ss, W/ss)  --decoder-->  recon
     VQ models also give int64 tokens (B, T/ts, H/ss, W/ss) in [0, n_codes).
 
-Motion tokens (`motion_radius` R > 0, per-frame tokenizers): only the first frame is coded by the quantizer;
-every later frame is a grid of cell motion vectors, tokens n_codes + k (k indexes the (2R+1)^2 integer
-displacements): each cell of frame t is the same-sized block of decoded frame t-1 moved by that vector
-(`match_cells` / `warp_cells`: a keyframe plus block motion, as video codecs and Video-LaVIT code video).
-A digit that moves keeps its shape and colour, and its cells keep one token while its velocity holds.
-With `motion_blank`, one more token (the last) blanks a cell to black, and every cell without ink gets it: what
-a digit leaves behind is one easy token instead of some vector that happens to point at background.
+Per-frame tokenizers with `motion_radius` R > 0 code frames after the first as cell motion tokens
+(models/motion.py; `encode_tokens` / `decode_codes` hand over to it).
 
 The encoder is a stack of levels; each level has `num_res_blocks` ResBlock3d's and then
 (except the last) a stride-2 downsample along the axes whose stride is not yet reached.
@@ -53,13 +48,12 @@ class VAEConfig:
     ema_decay: float = 0.99
     low_utilization_cost: float = 0.0
     in_channels: int = 3
-    motion_radius: int = 0            # > 0: frames after the first are cell motion tokens, |dy|, |dx| <= this
-    motion_blank: bool = False        # with motion_radius: one more motion token, a black cell (every inkless cell)
+    motion_radius: int = 0            # > 0: frames after the first are cell motion tokens (models/motion.py)
 
     @property
     def n_tokens(self) -> int:
-        """Size of the token vocabulary: the codes, then the motion tokens (motion_radius > 0), the blank one last."""
-        return self.n_codes + ((2 * self.motion_radius + 1) ** 2 + self.motion_blank if self.motion_radius else 0)
+        """Size of the token vocabulary: the codes, then the motion tokens (motion_radius > 0)."""
+        return self.n_codes + ((2 * self.motion_radius + 1) ** 2 if self.motion_radius else 0)
 
     def __post_init__(self):
         self.channels = tuple(int(c) for c in self.channels)
@@ -78,8 +72,6 @@ class VAEConfig:
         if self.motion_radius and not (self.quantize and self.temporal_stride == 1):
             raise ValueError(f"motion tokens need a per-frame quantizing tokenizer (temporal_stride 1, VQ/FSQ); got "
                              f"temporal_stride {self.temporal_stride}, quantize {self.quantize}")
-        if self.motion_blank and not self.motion_radius:
-            raise ValueError("motion_blank is a motion token: it needs motion_radius > 0")
         if self.res_blocks is not None:
             self.res_blocks = tuple(int(n) for n in self.res_blocks)
             if len(self.res_blocks) != len(self.channels):
@@ -113,10 +105,12 @@ class VAEConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "VAEConfig":
         known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
+        unknown = set(d) - known - {"motion_blank"}
         if unknown:
             raise ValueError(f"unknown VAEConfig keys: {sorted(unknown)}")
         d = {"group_channels": 0, **d}  # configs saved before group_channels existed used up to 32 groups
+        if d.pop("motion_blank", False):
+            raise ValueError("this tokenizer uses the blank motion token, an experiment removed after commit 92eadaa")
         return cls(**d)
 
 
@@ -168,7 +162,7 @@ PRESETS: dict[str, dict] = {
     "s4t4_m": _p(4, 4, **_MID),
     "s4t4_m_vq": _p(4, 4, **_MID, quantize=True),
     # one latent frame per frame; warm-starts from vae_s4t4_m. Replicate padding: codes persist at the clip's
-    # edges (README, code persistence: 45% -> 72% of unchanged cells keep their code, same PSNR)
+    # edges (docs/tokenizer.md "Codes that persist": 45% -> 72% of unchanged cells keep their code, same PSNR)
     "s4t1_m_vq": _p(4, 1, **_MID, quantize=True, temporal_padding="replicate"),
     "vae_s4t4_m": _p(4, 4, **_MID, kl=True),
     "vae_s4t2_m": _p(4, 2, **_MID, kl=True),
@@ -184,86 +178,6 @@ def make_config(variant: str, **overrides) -> VAEConfig:
     if variant not in PRESETS:
         raise ValueError(f"unknown VAE variant {variant!r}; valid: {', '.join(PRESETS)}")
     return VAEConfig(variant=variant, **{**PRESETS[variant], **overrides})
-
-
-# ---------------------------------------------------------------------------- motion tokens
-def motion_offsets(radius: int, device=None) -> torch.Tensor:
-    """(K, 2) integer displacements (dy, dx), |dy|, |dx| <= radius, row-major: index K // 2 is (0, 0)."""
-    r = torch.arange(-radius, radius + 1, device=device)
-    return torch.stack(torch.meshgrid(r, r, indexing="ij"), -1).reshape(-1, 2)
-
-
-def pad_black(prev: torch.Tensor, radius: int) -> torch.Tensor:
-    """prev (B, C, H, W) with `radius` black (-1) pixels on every side: what shifted_frame displaces."""
-    return F.pad(prev, (radius,) * 4, value=-1.0)
-
-
-def shifted_frame(padded: torch.Tensor, dy: int, dx: int, radius: int) -> torch.Tensor:
-    """`padded` = prev (B, C, H, W) padded by `radius` black (-1) pixels -> prev displaced by (dy, dx):
-    out[..., y, x] = prev[..., y - dy, x - dx], black outside."""
-    H, W = padded.shape[-2] - 2 * radius, padded.shape[-1] - 2 * radius
-    return padded[..., radius - dy:radius - dy + H, radius - dx:radius - dx + W]
-
-
-def cell_errors(prev: torch.Tensor, cur: torch.Tensor, cell: int, radius: int) -> torch.Tensor:
-    """(K, B, H/cell, W/cell): each cell's squared error (summed over its pixels and channels) between `cur` and
-    `prev` displaced by each of the K motion_offsets(radius). One displacement at a time: the K shifted copies of
-    the frame are never held at once (20x faster on CPU than stacking them)."""
-    p = pad_black(prev, radius)
-    return torch.stack([F.avg_pool2d((shifted_frame(p, dy, dx, radius) - cur).square_().sum(1, keepdim=True), cell)[:, 0]
-                        for dy, dx in motion_offsets(radius).tolist()]) * cell * cell
-
-
-def warp_cells(prev: torch.Tensor, vectors: torch.Tensor, cell: int, radius: int) -> torch.Tensor:
-    """The next frame of `prev` (B, C, H, W): cell (i, j) is prev's cell-sized block displaced by motion vector
-    vectors[b, i, j] (an index into motion_offsets(radius)); index len(motion_offsets) (the blank token) is black.
-    One gather: every output pixel reads its source pixel in prev padded black (out[y, x] = prev[y - dy, x - dx])."""
-    B, C, H, W = prev.shape
-    offsets = motion_offsets(radius, prev.device)
-    v = vectors.long().clamp(0, len(offsets))
-    blank = (v == len(offsets)).repeat_interleave(cell, 1).repeat_interleave(cell, 2)[:, None]  # (B, 1, H, W)
-    d = torch.cat([offsets, offsets.new_zeros(1, 2)])[v].repeat_interleave(cell, 1).repeat_interleave(cell, 2)
-    ys = torch.arange(H, device=prev.device)[:, None] - d[..., 0] + radius  # (B, H, W) rows in the padded frame
-    xs = torch.arange(W, device=prev.device)[None, :] - d[..., 1] + radius
-    p = pad_black(prev, radius)
-    src = (ys * p.shape[-1] + xs).flatten(1)[:, None].expand(-1, C, -1)
-    out = p.flatten(2).gather(2, src).view(B, C, H, W)
-    return out.masked_fill(blank, -1.0)
-
-
-INK_LEVEL = -0.6  # a pixel whose brightest channel is above this (in [-1, 1]) is ink
-
-
-def cell_ink(frame: torch.Tensor, cell: int, ink_level: float = INK_LEVEL) -> torch.Tensor:
-    """Frame (B, C, H, W) in [-1, 1] -> (B, H/cell, W/cell) bool: the cells holding ink (a pixel whose brightest
-    channel is above `ink_level`)."""
-    return F.max_pool2d(frame.amax(1, keepdim=True), cell)[:, 0] > ink_level
-
-
-def match_cells(prev: torch.Tensor, cur: torch.Tensor, cell: int, radius: int, ink_level: float = INK_LEVEL,
-                smoothness: float = 0.01, tolerance: float = 0.1, blank: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Block motion from decoded frame `prev` to frame `cur` (B, C, H, W, in [-1, 1]) -> (vectors (B, H/cell,
-    W/cell), warp_cells(prev, vectors)), chosen for a next-token model to predict, not only to reconstruct: each
-    cell's best displacement (squared error + `smoothness` * |v|^2, so ties go to small moves); then the displacement
-    most inked cells within 2 cells chose, where it is within `tolerance` of the cell's best (a digit's cells share
-    its velocity); cells with no ink (brightest channel > `ink_level`) in either frame, or next to it, keep (0, 0).
-    blank: every cell with no ink in `cur` gets the blank token instead (index K: black)."""
-    err = cell_errors(prev, cur, cell, radius)  # (K, B, h, w)
-    k = len(err)
-    cost = err + smoothness * (motion_offsets(radius, err.device) ** 2).sum(1).to(err.dtype).view(k, 1, 1, 1)
-    best = cost.argmin(0)
-
-    ink_now = cell_ink(cur, cell, ink_level)
-    votes = F.one_hot(best, k).permute(0, 3, 1, 2).to(err.dtype) * ink_now[:, None]
-    votes = F.avg_pool2d(votes, 5, 1, 2, count_include_pad=False)
-    common = votes.argmax(1)
-    agree = (votes.amax(1) > 0) & (err.gather(0, common[None])[0] <= err.gather(0, best[None])[0] + tolerance)
-    v = torch.where(agree, common, best)
-    near_ink = F.max_pool2d((ink_now | cell_ink(prev, cell, ink_level)).to(err.dtype)[:, None], 3, 1, 1)[:, 0] > 0
-    v = torch.where(near_ink, v, torch.full_like(v, k // 2))
-    if blank:
-        v = torch.where(ink_now, v, torch.full_like(v, k))
-    return v, warp_cells(prev, v, cell, radius)
 
 
 # ---------------------------------------------------------------------------- quantizer
@@ -637,47 +551,18 @@ class VideoVAE(nn.Module):
         return self.decoder(z)
 
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        """Tokens (B, t, h, w) -> video. Motion tokenizers: the first frame's codes are decoded, each later frame
-        is the one before moved cell by cell (a code where a motion token belongs moves nothing; a motion token
-        in the first frame decodes as code 0)."""
-        if not self.config.motion_radius:
-            return self.decoder(self.quantizer.codes_to_vectors(codes))
-        frames = [self.next_frame(None, codes[:, 0])]
-        for t in range(1, codes.shape[1]):
-            frames.append(self.next_frame(frames[-1], codes[:, t]))
-        return torch.stack(frames, 2)
-
-    def next_frame(self, prev: torch.Tensor | None, tokens: torch.Tensor) -> torch.Tensor:
-        """Motion tokenizers, one latent frame of tokens (B, h, w) -> its decoded frame (B, 3, H, W): the first
-        frame's codes decoded (prev None; a motion token there decodes as code 0), or the decoded frame before,
-        `prev`, moved cell by cell (a code where a motion token belongs moves nothing). decode_codes, one frame
-        at a time (what a sampler that reads its decoded frames calls as it goes)."""
-        c = self.config
-        if prev is None:
-            return self._decode_still(tokens.masked_fill(tokens >= c.n_codes, 0))
-        v = tokens - c.n_codes
-        still = len(motion_offsets(c.motion_radius)) // 2  # the (0, 0) displacement
-        return warp_cells(prev, v.masked_fill(v < 0, still), c.spatial_stride, c.motion_radius)
-
-    def _decode_still(self, codes: torch.Tensor) -> torch.Tensor:
-        """One latent frame of codes (B, h, w) -> its decoded frame (B, 3, H, W), float, clamped to [-1, 1]:
-        where motion tokens start (decode_codes), and what encode_tokens matches the next frame against."""
-        return self.decoder(self.quantizer.codes_to_vectors(codes[:, None]))[:, :, 0].float().clamp(-1, 1)
+        """Tokens (B, t, h, w) -> video (motion tokenizers: models.motion.decode)."""
+        if self.config.motion_radius:
+            from .motion import decode
+            return decode(self, codes)
+        return self.decoder(self.quantizer.codes_to_vectors(codes))
 
     def encode_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """Video (B, 3, T, H, W) -> tokens (B, t, h, w): the codes; with motion tokens, the first frame's codes (the
-        frame coded alone, as a still) and then each frame's motion from the previous decoded one (`match_cells`:
-        closed loop, so errors do not build up)."""
-        c = self.config
-        if not c.motion_radius:
-            return self.encode(x)["codes"]
-        first = self.encode(x[:, :, :1])["codes"][:, 0]
-        prev = self._decode_still(first)
-        out = [first]
-        for t in range(1, x.shape[2]):
-            v, prev = match_cells(prev, x[:, :, t].float(), c.spatial_stride, c.motion_radius, blank=c.motion_blank)
-            out.append(v + c.n_codes)
-        return torch.stack(out, 1)
+        """Video (B, 3, T, H, W) -> tokens (B, t, h, w): the codes (motion tokenizers: models.motion.encode)."""
+        if self.config.motion_radius:
+            from .motion import encode
+            return encode(self, x)
+        return self.encode(x)["codes"]
 
     @torch.no_grad()
     def load_autoencoder(self, state: dict) -> None:

@@ -5,6 +5,7 @@ import json
 import torch
 
 from conftest import run
+from demo import recipe_value
 
 
 def test_demo_tiny_runs_every_stage(tmp_path):
@@ -39,7 +40,7 @@ def test_demo_tiny_runs_every_stage(tmp_path):
     assert gpt_ck["config"]["prev_frames"] == 2 and gpt_ck["config"]["same_frame"]
     gpt_cfg = json.loads((runs / "train_latent_nanogpt/demo_gpt/config.json").read_text())
     assert gpt_cfg["first_frame_windows"] == 0.3
-    assert gpt_cfg["lr_decay_iters"] == 2400  # the lr decay spans the GPT's 24 of --minutes 38 at ~100 steps a minute
+    assert gpt_cfg["lr_decay_iters"] == int(recipe_value("gpt", "--lr_decay_iters"))  # the recipe's, whole
     res = json.loads((runs / "demo/results_gpt.json").read_text())
     assert "class_kept" in json.dumps(res) and "prompt_accuracy" in json.dumps(res)
     assert "prompt_accuracy" in res["results"]["generated (labels drawn from the training data)"]
@@ -49,3 +50,12 @@ def test_demo_tiny_runs_every_stage(tmp_path):
     assert sum(dit_prior["counts"]) == 12
     assert (runs / "demo/gpt_samples/grid.gif").exists() and "digits drawn from the training data" in gpt.stdout
     assert (runs / "evaluate/continuation_demo_gpt.gif").exists() and "| GPT |" in gpt.stdout
+    # sample.py with a checkpoint alone draws with its recipe's settings (recipes/*.args, kept in the checkpoint)
+    dit = run("sample.py", ["--checkpoint", runs / "iddpm/demo_dit/checkpoints/last.ckpt", "--num_videos", 1,
+                            "--output_dir", tmp_path / "s1"], tmp_path)
+    steps, scale = recipe_value("dit", "--sample_steps"), float(recipe_value("dit", "--cfg_scale"))
+    assert f"({recipe_value('dit', '--sampler')}, {steps} steps, guidance {scale})" in dit.stdout, dit.stdout
+    tok = run("sample.py", ["--checkpoint", runs / "train_latent_nanogpt/demo_gpt/checkpoints/last.ckpt", "--num_videos",
+                            1, "--output_dir", tmp_path / "s2"], tmp_path)
+    ink, scale = float(recipe_value("gpt", "--ink_temperature")), float(recipe_value("gpt", "--cfg_scale"))
+    assert f"guidance {scale}, digit codes at temperature {ink})" in tok.stdout, tok.stdout

@@ -351,11 +351,11 @@ def _lit(objective="rf", num_classes=10):
 
 
 def test_generate_videos_labels_and_cfg(capsys):
-    """generate_videos(module, n, batch_size, seed, sampler, steps, y, use_ema, cfg_scale): y (1, C) is every
-    video's prompt, y (n, C) one row per video (sliced per batch); cfg_scale goes down to sample_latents (the
-    module's hparams stay as they are); an rf model asked for dpm++ uses euler, said once."""
+    """generate_videos(module, n, batch_size, seed, opts, y): y (1, C) is every video's prompt, y (n, C) one row per
+    video (sliced per batch); opts.cfg_scale goes down to sample_latents (the module's hparams stay as they are),
+    None fields take the checkpoint's recipe; an rf model asked for dpm++ uses euler, said once."""
     from minisora import diffusion as dm
-    from minisora.generate import generate_videos
+    from minisora.generate import Sampling, generate_videos
 
     dm._noted.clear()
     module = _lit("rf")
@@ -368,29 +368,29 @@ def test_generate_videos_labels_and_cfg(capsys):
     module.sample_latents = spy
     y = torch.zeros(5, 10)
     y[torch.arange(5), torch.tensor([0, 1, 2, 3, 4])] = 1
-    vids = generate_videos(module, 5, batch_size=2, seed=3, steps=3, y=y, cfg_scale=2.5)
+    vids = generate_videos(module, 5, batch_size=2, seed=3, opts=Sampling("dpm++", 3, 2.5), y=y)
     assert len(vids) == 5 and vids[0].shape == (3, 2, 4, 4)
     assert [c[0] for c in calls] == [2, 2, 1] and [c[3] for c in calls] == [3, 5, 7]
     assert all(c[1] == "euler" and c[5] == 2.5 for c in calls) and module.hparams.cfg_scale == 1.0
     assert torch.equal(torch.cat([c[4] for c in calls]), y)
     assert capsys.readouterr().out.count("dpm++ is an epsilon-model sampler") == 1
     calls.clear()
-    generate_videos(module, 3, batch_size=2, steps=2, y=torch.eye(10)[[4]])  # one prompt for all
+    generate_videos(module, 3, batch_size=2, opts=Sampling(steps=2), y=torch.eye(10)[[4]])  # one prompt for all
     assert [c[4].tolist() for c in calls] == [[torch.eye(10)[4].tolist()] * 2, [torch.eye(10)[4].tolist()]]
-    assert all(c[5] == 1.0 for c in calls)
+    assert all(c[5] == 1.0 and c[1] == "euler" and c[2] == 2 for c in calls)  # the recipe's guidance and sampler
     # guidance changes the samples; y=None samples with the null label
-    a = generate_videos(module, 2, steps=3, y=torch.eye(10)[[4]], cfg_scale=1.0, sampler="heun")
-    b = generate_videos(module, 2, steps=3, y=torch.eye(10)[[4]], cfg_scale=4.0, sampler="heun")
+    a = generate_videos(module, 2, opts=Sampling("heun", 3, 1.0), y=torch.eye(10)[[4]])
+    b = generate_videos(module, 2, opts=Sampling("heun", 3, 4.0), y=torch.eye(10)[[4]])
     assert not torch.allclose(torch.stack(a), torch.stack(b))
     with pytest.raises(ValueError, match="shape"):
         generate_videos(module, 3, y=torch.zeros(2, 10))
 
 
 def test_generate_videos_eps_default_sampler():
-    from minisora.generate import generate_videos
+    from minisora.generate import Sampling, generate_videos
 
     module = _lit("eps", num_classes=0)
-    vids = generate_videos(module, 2, steps=3)
+    vids = generate_videos(module, 2, opts=Sampling(steps=3))
     assert len(vids) == 2 and all(torch.isfinite(v).all() for v in vids)
     calls, real = [], module.sample_latents  # the default sampler is DPM-Solver++, on the EMA weights
 
@@ -398,10 +398,10 @@ def test_generate_videos_eps_default_sampler():
         calls.append((sampler, use_ema))
         return real(n, sampler, steps, seed=seed, y=y, use_ema=use_ema, cfg_scale=cfg_scale)
     module.sample_latents = spy
-    assert torch.equal(torch.stack(generate_videos(module, 2, steps=3)), torch.stack(vids))
+    assert torch.equal(torch.stack(generate_videos(module, 2, opts=Sampling(steps=3))), torch.stack(vids))
     assert calls == [("dpm++", True)]
     with pytest.raises(ValueError, match="rectified-flow"):
-        generate_videos(module, 1, sampler="euler", steps=2)
+        generate_videos(module, 1, opts=Sampling("euler", 2))
 
 
 def test_rf_module_refuses_learn_sigma():

@@ -1,7 +1,8 @@
 """Metric sanity: real-vs-real FMD small and real-vs-noise large, and the floor at the set's size; motion
 (gaps split tracks, frozen and shuffled videos lose); colour (grey and one-hue copies lose); reconstruction
 colour error; prompt accuracy; legibility high on real frames and low on noise; evaluate.py runs (videos,
-I3D, VAE reconstructions, prompted samples) and writes its JSON; FD maths."""
+I3D, VAE reconstructions, prompted samples, continuations) and writes its JSON, and refuses, in one line, the flag
+combinations it cannot serve; FD maths."""
 import json
 import types
 
@@ -242,37 +243,75 @@ def test_evaluate_cli_and_i3d_path(tiny_data, tmp_path, classifier):
     assert (tmp_path / "cache/features_v2_tiny.pt").exists()
 
 
-def test_evaluate_prompted_and_vae(tiny_data, tmp_path, monkeypatch, classifier):
-    """In-process, with a fake class-conditional generator that returns the real val video of each prompt,
-    and an identity VAE: prompted samples score as real ones, perfect reconstructions have no colour error."""
-    import evaluate
-    seed_cache(tmp_path / "cache", classifier)
-    val, labels = tiny_split(tiny_data, "val")
-    prompts = []
+PRIOR = {"sets": [[1], [2, 5], [3, 7]], "counts": [1, 1, 2]}  # what a class-conditional checkpoint keeps
 
-    def generate_videos(module, n, batch_size=8, seed=0, sampler="dpm++", steps=25, y=None, use_ema=True, cfg_scale=1.0,
-                        **token_kw):
-        if y is None:  # unconditional: noise
-            return [torch.rand(3, 16, 64, 64) * 2 - 1 for _ in range(n)]
-        prompts.append((y.cpu().clone(), cfg_scale))
-        return list(to_float(val[:len(y)]))  # row i prompts with val video i's digits (checked below)
+
+@pytest.fixture(scope="module")
+def eval_cache(tmp_path_factory, classifier, feature_net):
+    """A cache_dir holding the digit classifier and the feature network, as evaluate.py leaves them (training
+    them again in every in-process run would cost seconds each)."""
+    cache = tmp_path_factory.mktemp("eval_cache")
+    torch.save(classifier.state_dict(), cache / "digit_cnn_v2.pt")
+    torch.save(feature_net.state_dict(), cache / "features_v2_tiny.pt")
+    return cache
+
+
+def fake_generator(conditional=False, diffusion=False, prior=PRIOR):
+    """What evaluate.py reads of a loaded checkpoint: its classes, its label prior, diffusion or next-token."""
     from lightning.pytorch.utilities.parsing import AttributeDict
+    hp = AttributeDict(model_config={"num_classes": 10 if conditional else 0}, label_prior=prior if conditional else None)
+    return types.SimpleNamespace(hparams=hp, **({"sample_latents": None} if diffusion else {}))
 
-    from minisora.evaluation import prompt_scores
-    prior = {"sets": [[1], [2, 5], [3, 7]], "counts": [1, 1, 2]}  # what a class-conditional checkpoint keeps
-    module = types.SimpleNamespace(hparams=AttributeDict(model_config={"num_classes": 10}, label_prior=prior))
-    monkeypatch.setattr(evaluate, "load_generator", lambda ref, device: module)
+
+@pytest.fixture
+def fake_models(tiny_data, monkeypatch):
+    """evaluate.py in-process with fake generators: unprompted samples are noise, prompted row i is real val video
+    i; continuations are the real videos themselves; the VAE is the identity. Records the prompts and guidance."""
+    import evaluate
+    from minisora import evaluation
+    val = tiny_split(tiny_data, "val")[0]
+    calls = types.SimpleNamespace(prompts=[], continued=[])
+    fd = evaluation.fd_with_ci  # FMD's 90% interval from 3 bootstrap draws, not 50: these runs check rows, not intervals
+    monkeypatch.setattr(evaluation, "fd_with_ci", lambda a, b, n_boot=50, seed=0: fd(a, b, 3, seed))
+
+    def generate_videos(module, n, batch_size=8, seed=0, opts=None, y=None):
+        if y is None:
+            return [torch.rand(3, 16, 64, 64) * 2 - 1 for _ in range(n)]
+        calls.prompts.append((y.cpu().clone(), opts.cfg_scale))
+        return list(to_float(val[:len(y)]))
+
+    def continue_videos(module, real, given, batch_size=8, seed=0, opts=None, y=None):
+        calls.continued.append((given, None if y is None else y.cpu().clone(), opts.cfg_scale))
+        return real.clone()
     monkeypatch.setattr(evaluate, "generate_videos", generate_videos)
+    monkeypatch.setattr(evaluate, "continue_videos", continue_videos)
     identity = types.SimpleNamespace(encode=lambda x: x, decode=lambda z: z, quantize=False)
     monkeypatch.setattr("minisora.resolve.load_vae", lambda ref, device="cpu": identity)
-    evaluate.main(["--dataset", "tiny", "--data_dir", str(tiny_data), "--checkpoint", str(tmp_path / "run/ck/last.ckpt"),
-                   "--num_videos", "3", "--prompted", "--prior_labels", "--vae", "fake", "--feature_steps", "10",
-                   "--cache_dir", str(tmp_path / "cache"), "--output", str(tmp_path / "r.json")])
-    (y, cfg), (drawn, prior_cfg) = prompts
+    return calls
+
+
+def evaluate_main(tiny_data, tmp_path, cache, args, module=None, monkeypatch=None) -> dict:
+    """evaluate.main on the tiny set (module: what --checkpoint loads); the written JSON."""
+    import evaluate
+    if module is not None:
+        monkeypatch.setattr(evaluate, "load_generator", lambda ref, device: module)
+    evaluate.main(["--dataset", "tiny", "--data_dir", str(tiny_data), "--cache_dir", str(cache),
+                   "--output", str(tmp_path / "r.json"), *map(str, args)])
+    return json.loads((tmp_path / "r.json").read_text())
+
+
+def test_evaluate_prompted_and_vae(tiny_data, tmp_path, monkeypatch, classifier, eval_cache, fake_models):
+    """In-process, with a fake class-conditional generator that returns the real val video of each prompt,
+    and an identity VAE: prompted samples score as real ones, perfect reconstructions have no colour error."""
+    val, labels = tiny_split(tiny_data, "val")
+    module = fake_generator(conditional=True)
+    res = evaluate_main(tiny_data, tmp_path, eval_cache, ["--checkpoint", tmp_path / "run/ck/last.ckpt", "--num_videos", 3,
+                                                          "--prompted", "--prior_labels", "--cfg_scale", 2, "--vae", "fake"],
+                        module, monkeypatch)["results"]
+    (y, cfg), (drawn, prior_cfg) = fake_models.prompts
     assert cfg == 2.0 and y.shape == (4, 10) and all(set(np.flatnonzero(row.numpy())) == set(l) for row, l in zip(y, labels))
     drawn = [np.flatnonzero(row.numpy()).tolist() for row in drawn]  # one per val video, each a set of the prior
-    assert prior_cfg == 2.0 and len(drawn) == 4 and all(d in prior["sets"] for d in drawn) and len(set(map(tuple, drawn))) > 1
-    res = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert prior_cfg == 2.0 and len(drawn) == 4 and all(d in PRIOR["sets"] for d in drawn) and len(set(map(tuple, drawn))) > 1
     scored = res["generated (labels drawn from the training data)"]  # the fake drew val videos: scored against the draws
     assert scored["prompt_accuracy"] == prompt_scores(val[:4], drawn, classifier)["prompt_accuracy"]
     real, prompted, rec = res["real (val)"], res["generated (prompted)"], res["vae reconstruction"]
@@ -280,6 +319,94 @@ def test_evaluate_prompted_and_vae(tiny_data, tmp_path, monkeypatch, classifier)
     for k in METRICS | {"prompt_accuracy", "FMD", "FMD_floor"}:
         assert prompted[k] == pytest.approx(real[k], nan_ok=True), k
     assert rec["colour_error"] == 0 and rec["PSNR"] > 60 and rec["legibility"] == pytest.approx(real["legibility"])
+
+
+CONTROLS = {"real (val)", "real, frames shuffled", "noise"}
+
+
+@pytest.mark.parametrize("args, module, sets, continued", [
+    ([], None, set(), False),  # real data only: the floor
+    (["--videos", "GEN", "--vae", "fake"], None, {"generated", "vae reconstruction"}, False),
+    (["--checkpoint", "CK"], dict(diffusion=True), {"generated"}, False),
+    (["--checkpoint", "CK", "--num_videos", 0, "--continuation", 4, "--vae", "fake"], {}, {"vae reconstruction"}, True),
+    (["--checkpoint", "CK", "--num_videos", 2, "--continuation", 4, "--continuation_cfg", 2, "--prompted",
+      "--prior_labels"], dict(conditional=True),  # demo.py's GPT evaluation
+     {"generated", "generated (prompted)", "generated (labels drawn from the training data)"}, True),
+], ids=["real", "videos+vae", "checkpoint", "continuation+vae", "continuation_cfg+prompted+prior_labels"])
+def test_evaluate_flag_combinations_that_work(args, module, sets, continued, tiny_data, tmp_path, monkeypatch,
+                                              eval_cache, fake_models):
+    """Each working combination of --videos / --checkpoint / --vae / --continuation / --prompted / --prior_labels
+    writes its rows (and its continuation table); --continuation_cfg prompts the continuations with guidance S."""
+    videos = tmp_path / "gen"
+    videos.mkdir()
+    for i, f in enumerate(sorted((tiny_data / "tiny/val").glob("*.mp4"))[:2]):
+        (videos / f"{i:03d}.mp4").write_bytes(f.read_bytes())
+    args = [{"GEN": videos, "CK": tmp_path / "run/ck/last.ckpt"}.get(x, x) for x in args]
+    out = evaluate_main(tiny_data, tmp_path, eval_cache, ["--num_fmd", 4, "--num_real", 2, *args],
+                        None if module is None else fake_generator(**module), monkeypatch)
+    assert set(out["results"]) == CONTROLS | sets
+    assert set(out["continuation"]) == ({"model", "copy last given frame", "real"} if continued else set())
+    if continued:
+        assert out["continuation"]["model"]["PSNR"] > 60  # the fake continues with the real frames
+        given, y, cfg = fake_models.continued[0]
+        assert given == 4 and (y is None) == ("--continuation_cfg" not in args)
+        assert y is None or (y.shape == (2, 10) and cfg == 2.0)
+    assert all(cfg is None for _, cfg in fake_models.prompts)  # no --cfg_scale: the checkpoint's recipe decides
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--videos", "v", "--checkpoint", "c"], "--videos and --checkpoint are two sources of generated videos"),
+    (["--videos", "v", "--checkpoint", "c", "--continuation", 4], "--videos and --checkpoint are two sources"),
+    (["--videos", "v", "--checkpoint", "c", "--prompted"], "--videos and --checkpoint are two sources"),
+    (["--prompted"], "--prompted / --prior_labels / --continuation sample from a --checkpoint"),
+    (["--prior_labels"], "sample from a --checkpoint"),
+    (["--continuation", 4], "sample from a --checkpoint"),
+    (["--videos", "v", "--prompted"], "sample from a --checkpoint"),
+    (["--videos", "v", "--continuation", 4], "sample from a --checkpoint"),
+    (["--vae", "x", "--prior_labels"], "sample from a --checkpoint"),
+    (["--checkpoint", "c", "--continuation_cfg", 2], "--continuation_cfg prompts the --continuation K videos"),
+    (["--videos", "v", "--num_videos", 0], "--num_videos 0 reads none of --videos"),
+])
+def test_evaluate_refuses_flag_combinations(args, message):
+    """Combinations no checkpoint could serve: one line, before any data is read."""
+    import evaluate
+    with pytest.raises(SystemExit) as e:
+        evaluate.main(["--dataset", "no_such_dataset", *map(str, args)])
+    assert str(e.value).startswith("error: ") and message in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("args, module, message", [
+    (["--prompted"], {}, "--prompted needs a class-conditional checkpoint"),
+    (["--prior_labels"], {}, "--prior_labels draws digit prompts for a class-conditional model"),
+    (["--prior_labels"], dict(conditional=True, prior=None), "this checkpoint keeps no label prior"),
+    (["--continuation", 4], dict(diffusion=True), "--continuation needs a next-token checkpoint"),
+    (["--continuation", 4, "--continuation_cfg", 2], {}, "--continuation_cfg needs a class-conditional checkpoint"),
+    (["--prompted"], dict(conditional=True, labels=False), "--prompted needs the val labels"),
+    (["--continuation", 3], dict(stride=4), "--continuation 3: must be a positive multiple of the VAE's temporal stride"),
+    (["--num_videos", 1], None, "is neither an existing path"),  # no such checkpoint
+    (["--num_videos", 0, "--vae", "no_such_vae.ckpt"], {}, "is neither an existing path"),
+])
+def test_evaluate_refuses_what_the_checkpoint_cannot_do(args, module, message, tiny_data, tmp_path, monkeypatch,
+                                                        eval_cache):
+    """Flags the loaded checkpoint cannot serve (or a checkpoint / VAE that is not there): one line, before the
+    feature network or any sampling."""
+    import evaluate
+    if module is not None:
+        module = dict(module)
+        if not module.pop("labels", True):  # a val split without metadata.jsonl
+            def no_labels(*args):
+                raise FileNotFoundError("no metadata.jsonl")
+            monkeypatch.setattr(evaluate, "load_labels", no_labels)
+        stride = module.pop("stride", None)
+        module = fake_generator(**module)
+        if stride:
+            module.vae = types.SimpleNamespace(temporal_stride=stride)
+        monkeypatch.setattr(evaluate, "load_generator", lambda ref, device: module)
+    monkeypatch.setattr(evaluate, "feature_net", lambda a: pytest.fail("refused after the feature network"))
+    with pytest.raises(SystemExit) as e:
+        evaluate.main(["--dataset", "tiny", "--data_dir", str(tiny_data), "--cache_dir", str(eval_cache),
+                       "--checkpoint", str(tmp_path / "no_such.ckpt"), *map(str, args)])
+    assert str(e.value).startswith("error: ") and message in str(e.value) and "\n" not in str(e.value)
 
 
 def test_continuation_scores_only_the_generated_frames(real, classifier, real_metrics):
@@ -302,8 +429,10 @@ def test_continue_videos_encodes_only_the_given_frames(tiny_vaes, real):
     exactly and has the clip's length; diffusion models and bad K are refused."""
     import types
 
+    from lightning.pytorch.utilities.parsing import AttributeDict
+
     from minisora.data import to_model_range
-    from minisora.generate import continue_videos
+    from minisora.generate import Sampling, continue_videos
     from minisora.resolve import load_vae
     vae = load_vae(str(tiny_vaes["vq"]))
     seen, prompts = [], []
@@ -313,7 +442,8 @@ def test_continue_videos_encodes_only_the_given_frames(tiny_vaes, real):
         prompts.append(kw)
         rest = torch.randint(0, vae.n_codes, (n, 4 - prompt_codes.shape[1], *prompt_codes.shape[2:]))
         return torch.cat([prompt_codes, rest], 1)
-    module = types.SimpleNamespace(vae=vae, sample_codes=sample_codes)
+    module = types.SimpleNamespace(vae=vae, sample_codes=sample_codes, token_sampling=lambda opts: opts,
+                                   hparams=AttributeDict(model_config={"num_classes": 10}))
     x = to_model_range(torch.from_numpy(real[:3]).permute(0, 4, 1, 2, 3))
     out = continue_videos(module, x, 4)
     assert out.shape == x.shape and torch.equal(out[:, :, :4], x[:, :, :4]) and seen[0].shape == (3, 1, 16, 16)
@@ -328,8 +458,8 @@ def test_continue_videos_encodes_only_the_given_frames(tiny_vaes, real):
     assert prompts[0].get("y") is None  # no prompt: the null label
     # label prompts (e.g. the digits read in the given frames) reach the model batch by batch, with the guidance
     y = torch.eye(10)[[3, 7, 1]]
-    continue_videos(module, x, 4, batch_size=2, y=y, cfg_scale=3.0)
-    assert [p["cfg_scale"] for p in prompts[2:]] == [3.0, 3.0]
+    continue_videos(module, x, 4, batch_size=2, y=y, opts=Sampling(cfg_scale=3.0))
+    assert [p["opts"].cfg_scale for p in prompts[2:]] == [3.0, 3.0]
     assert torch.equal(prompts[2]["y"], y[:2]) and torch.equal(prompts[3]["y"], y[2:])
     with pytest.raises(ValueError, match="multiple of the VAE's temporal stride"):
         continue_videos(module, x, 6)

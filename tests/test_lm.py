@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from conftest import run
 from minisora.data import TokenWindows, token_splits
 from minisora.video_io import read_video
-from models.gpt import GPT, GPTConfig, context_positions, sample_logits
+from models.gpt import GPT, GPTConfig, TokenSampling, below, context_positions, sample_logits
 from models.mamba import MambaConfig, MambaLM, selective_scan, selective_scan_ref
 
 
@@ -49,8 +49,8 @@ def test_cached_sampling_stays_in_the_trained_window(monkeypatch):
         return out
     monkeypatch.setattr(m, "forward", spy)
     prompt = torch.tensor([[32, 5, 7], [32, 2, 9]])
-    a = m.generate(prompt, 46, temperature=1.0, generator=torch.Generator().manual_seed(1), use_cache=True)
-    b = m.generate(prompt, 46, temperature=1.0, generator=torch.Generator().manual_seed(1), use_cache=False)
+    a = m.generate(prompt, 46, generator=torch.Generator().manual_seed(1), use_cache=True)
+    b = m.generate(prompt, 46, generator=torch.Generator().manual_seed(1), use_cache=False)
     assert a.shape == (2, 49) and torch.equal(a, b) and max(reads) <= 8
     anchor = 0
     for n in range(3, 49):  # the prediction of position n
@@ -58,39 +58,6 @@ def test_cached_sampling_stays_in_the_trained_window(monkeypatch):
             anchor = n - 4
         ref = forward(a[:, anchor:n], start=anchor)[0][:, -1]
         assert torch.allclose(seen[n - 3], ref, atol=1e-4), n
-
-
-def test_autoguidance_formula_keeps_the_models_own_top_k():
-    """guide + scale * (model - guide), among the model's top_k codes: a code both models rule out (index 3 here)
-    is not revived by their difference."""
-    from models.gpt import autoguide
-
-    logits, weak = torch.tensor([[2.0, 1.0, 0.0, -5.0]]), torch.tensor([[1.0, 1.0, 1.0, -10.0]])
-    assert torch.equal(autoguide(logits, weak, 2.0, None), torch.tensor([[3.0, 1.0, -1.0, 0.0]]))
-    assert torch.equal(autoguide(logits, weak, 2.0, 3), torch.tensor([[3.0, 1.0, -1.0, -float("inf")]]))
-
-
-def test_autoguided_sampling_cached_equals_recompute_and_a_guide_like_the_model_changes_nothing():
-    """Past the first window (re-anchored), autoguided sampling with KV caches for both models gives the tokens of
-    the uncached reference; a guide with the model's own weights leaves the draw exactly as unguided; a weaker guide
-    changes it; a guide of another shape is refused."""
-    from models.gpt import check_guide
-
-    m = tiny_gpt(grid=(3, 4, 4), block_size=8)
-    torch.manual_seed(1)
-    weak = GPT(m.config).eval()
-    prompt = torch.tensor([[32, 5, 7], [32, 2, 9]])
-
-    def draw(**kw):
-        return m.generate(prompt, 46, temperature=1.0, top_k=10, generator=torch.Generator().manual_seed(3), **kw)
-    plain = draw()
-    same = GPT(m.config).eval()
-    same.load_state_dict(m.state_dict())
-    assert torch.equal(draw(guide_model=same, guide_scale=3.0), plain)
-    a, b = draw(guide_model=weak, guide_scale=3.0), draw(guide_model=weak, guide_scale=3.0, use_cache=False)
-    assert a.shape == (2, 49) and torch.equal(a, b) and not torch.equal(a, plain)
-    with pytest.raises(ValueError, match="block_size"):
-        check_guide(m, tiny_gpt(grid=(3, 4, 4), block_size=12))
 
 
 def test_mamba_generation_stays_in_the_trained_window():
@@ -105,7 +72,7 @@ def test_mamba_generation_stays_in_the_trained_window():
     real = gpt.sample_logits
     gpt.sample_logits = lambda logits, *a, **k: seen.append(logits) or real(logits, *a, **k)
     try:
-        out = m.generate(torch.tensor([[32, 5, 7], [32, 2, 9]]), 46, temperature=1.0, generator=torch.Generator().manual_seed(0))
+        out = m.generate(torch.tensor([[32, 5, 7], [32, 2, 9]]), 46, generator=torch.Generator().manual_seed(0))
     finally:
         gpt.sample_logits = real
     anchor = 0
@@ -120,8 +87,8 @@ def test_mamba_generation_stays_in_the_trained_window():
 def test_kv_cache_matches_full_recompute(pos_emb):
     m = tiny_gpt(pos_emb=pos_emb)
     prompt = torch.tensor([[32, 5, 7, 1], [32, 2, 2, 9]])
-    a = m.generate(prompt, 8, temperature=0, use_cache=True)  # 12 tokens = block_size
-    b = m.generate(prompt, 8, temperature=0, use_cache=False)
+    a = m.generate(prompt, 8, TokenSampling(temperature=0), use_cache=True)  # 12 tokens = block_size
+    b = m.generate(prompt, 8, TokenSampling(temperature=0), use_cache=False)
     assert a.shape == (2, 12) and torch.equal(a, b)
     caches = [{"max": 11} for _ in m.blocks]
     m(a[:, :4], start=0, caches=caches)
@@ -130,7 +97,8 @@ def test_kv_cache_matches_full_recompute(pos_emb):
         full, _ = m(a[:, :i + 1], start=0)
         assert torch.allclose(step[:, -1], full[:, -1], atol=1e-5)
     # past block_size the window is re-anchored: every token keeps its absolute position, codes stay in range
-    long = m.generate(prompt, 29, temperature=1.0, top_k=10, allowed=32, generator=torch.Generator().manual_seed(0))
+    long = m.generate(prompt, 29, TokenSampling(top_k=10), generator=torch.Generator().manual_seed(0),
+                      processors=(below(32),))
     assert long.shape == (2, 33) and int(long[:, 1:].max()) < 32
 
 
@@ -154,7 +122,7 @@ def test_sparse_context_window():
     logits, loss = m(batch["x"], start=batch["start"], targets=batch["y"])
     assert logits.shape == (2, 8, 33) and torch.isfinite(loss)
     prompt = torch.tensor([[32, 5, 7, 1]])
-    out = m.generate(prompt, 29, temperature=0, allowed=32)
+    out = m.generate(prompt, 29, TokenSampling(temperature=0), processors=(below(32),))
     # each new token is predicted from exactly the sparse context the training windows use
     for length in (12, 20, 32):
         pos = torch.tensor(context_positions(length, 8, 2, 3))
@@ -207,46 +175,23 @@ def test_first_frame_windows_start_a_clip_cut_at_a_latent_frame():
         TokenWindows(arr, range(2), block_size=8, bos=32, first_frame_windows=1.5)
 
 
-def test_input_noise_corrupts_what_the_model_reads_never_its_targets():
-    """--input_noise: x and the history hold codes replaced from elsewhere in the same clip (never BOS), at a
-    fraction U(0, r) per window; targets stay the clean next codes; val windows stay clean."""
-    arr = np.stack([np.random.default_rng(r).integers(100 * r, 100 * r + 40, (6, 2, 2)) for r in range(2)])
-    ds = TokenWindows(arr, range(2), block_size=8, bos=999, with_history=True, input_noise=0.6)
-    fractions = []
-    for i in range(400):
-        it = ds[i]
-        clean = np.concatenate([[999], arr[it["row"]].reshape(-1)])
-        s, seq = it["start"], it["seq"].numpy()
-        assert seq[0] == 999 and (seq[1:] != 999).all()                    # BOS kept, never put elsewhere
-        assert set(seq[1:].tolist()) <= set(clean[1:].tolist())            # replacements come from the same clip
-        assert it["x"].tolist() == seq[s:s + 8].tolist()                   # the window reads the corrupted history
-        assert it["y"].tolist() == clean[s + 1:s + 9].tolist()             # ... and predicts the clean codes
-        fractions.append((seq != clean).mean())
-    assert 0.2 < np.mean(fractions) < 0.35 and min(fractions) < 0.05 and max(fractions) > 0.45  # U(0, 0.6), minus no-ops
-    train, val = token_splits(arr, 0.5, 8, 999, 50, 50, with_history=True, input_noise=0.6)
-    assert train.input_noise == 0.6 and val.input_noise == 0
-    assert all(val[i]["seq"].tolist() == [999] + arr[1].reshape(-1).tolist() for i in range(20))
-    with pytest.raises(ValueError, match="input_noise"):
-        TokenWindows(arr, range(2), block_size=8, bos=999, input_noise=1.0)
-
-
 def test_motion_token_windows_keep_codes_in_the_first_frame():
     """Motion tokens (codes in frame 0, motion tokens after): a first-frame window starts the clip at frame 0 (a
-    later frame cut to the front would put motion tokens at the first frame's positions) and input noise swaps
-    codes for codes, motion tokens for motion tokens; the flag comes from the tokenizer (training_windows)."""
+    later frame cut to the front would put motion tokens at the first frame's positions); the flag comes from the
+    tokenizer (training_windows)."""
     from types import SimpleNamespace
     from minisora.cli import training_windows
     rng = np.random.default_rng(0)
     arr = np.concatenate([rng.integers(0, 10, (3, 1, 2, 2)), rng.integers(10, 19, (3, 5, 2, 2))], axis=1)
     ds = TokenWindows(arr, range(3), block_size=12, bos=19, with_history=True, first_frame_windows=0.5,
-                      input_noise=0.9, motion_tokens=True)
+                      motion_tokens=True)
     for i in range(300):
         it = ds[i]
         seq = it["seq"].numpy()
-        assert (seq[1:5] < 10).all() and (seq[5:] >= 10).all()          # codes stay codes, motion stays motion
+        assert (seq[1:5] < 10).all() and (seq[5:] >= 10).all()          # never cut: codes first, motion after
         if it["start"] == 0:
             assert (it["y"][:4] < 10).all()                              # the first frame's targets are codes
-    a = SimpleNamespace(first_frame_windows=0.3, input_noise=0.0)
+    a = SimpleNamespace(first_frame_windows=0.3)
     assert training_windows(a, SimpleNamespace(config={"motion_radius": 5}))["motion_tokens"]
     assert not training_windows(a, SimpleNamespace(config={"quantize": "fsq"}))["motion_tokens"]
 
@@ -314,9 +259,8 @@ def check_sampling_equals_training_windows(m, inputs, **generate_kw) -> torch.Te
     gpt.sample_logits = lambda logits, *a, **k: seen.append(logits) or real(logits, *a, **k)
     try:
         prompt = torch.tensor([[32, 5, 7], [32, 2, 9]])
-        a = m.generate(prompt, 46, temperature=1.0, generator=torch.Generator().manual_seed(1), **generate_kw)
-        b = m.generate(prompt, 46, temperature=1.0, generator=torch.Generator().manual_seed(1), use_cache=False,
-                       **generate_kw)
+        a = m.generate(prompt, 46, generator=torch.Generator().manual_seed(1), **generate_kw)
+        b = m.generate(prompt, 46, generator=torch.Generator().manual_seed(1), use_cache=False, **generate_kw)
     finally:
         gpt.sample_logits = real
     assert torch.equal(a, b)
@@ -356,24 +300,26 @@ def test_read_ink_reads_the_previous_decoded_frame_and_sampling_equals_training_
         out[:, :done] = (seq[:, 1:1 + done] % 2).float()
         return out
 
-    check_sampling_equals_training_windows(m, lambda seq: {"ink": ink_fn(seq)}, ink_fn=ink_fn)
-    with pytest.raises(ValueError, match="ink_fn"):
+    check_sampling_equals_training_windows(m, lambda seq: {"ink": ink_fn(seq)}, reader=lambda seq: {"ink": ink_fn(seq)})
+    with pytest.raises(ValueError, match="reader"):
         m.generate(torch.tensor([[32, 5]]), 4)
 
 
-def test_ink_tracker_decodes_as_it_goes_and_matches_the_training_ink_maps():
+def test_ink_tracker_decodes_as_it_goes_and_matches_the_training_ink_maps(monkeypatch):
     """InkTracker (sampling) gives the ink maps ink_maps (training) computes from whole clips, one frame at a time:
     frames not yet complete read 0; a plain (code-every-frame) tokenizer is refused."""
     from dataclasses import asdict
-    from minisora.lit_gpt import InkTracker, ink_maps
+    import models.motion as motion
     from minisora.resolve import VAEHandle
-    from models.vqvae import VideoVAE, cell_ink, make_config
+    from models.motion import InkTracker, cell_ink, ink_maps
+    from models.vqvae import VideoVAE, make_config
 
     torch.manual_seed(0)
     cfg = make_config("s4t1_m_vq", channels=(8, 8, 8), n_codes=16, motion_radius=1)
     vae = VideoVAE(cfg).eval()
     # a first frame whose ink is known: the cells of odd codes lit (a random decoder lights everything)
-    vae._decode_still = lambda codes: ((codes % 2) * 2.0 - 1).repeat_interleave(4, 1).repeat_interleave(4, 2)[:, None].expand(-1, 3, -1, -1)
+    monkeypatch.setattr(motion, "decode_still", lambda vae, codes: ((codes % 2) * 2.0 - 1).repeat_interleave(
+        4, 1).repeat_interleave(4, 2)[:, None].expand(-1, 3, -1, -1))
     handle = VAEHandle(module=vae, kind="project", reference="t", name="t", latent_channels=cfg.embedding_dim,
                        temporal_stride=1, spatial_stride=4, quantize=True, n_codes=cfg.n_tokens, config=asdict(cfg))
     tokens = np.concatenate([np.random.default_rng(0).integers(0, 16, (3, 1, 4, 4)),
@@ -399,14 +345,16 @@ def test_sampling_filters():
     """sample_logits over gently sloped logits (every token between 8.6% and 17.3%; the ranks shuffled over the
     vocabulary): 4000 seeded draws per setting. Unfiltered, every token appears at its softmax frequency; top_k=k
     gives exactly the k largest, top_p exactly the smallest prefix (by probability) whose mass reaches p, each at
-    its renormalised frequency; temperature sharpens; allowed=n keeps tokens < n; temperature 0 is the argmax."""
+    its renormalised frequency; temperature sharpens; the processor below(n) keeps tokens < n; temperature 0 is
+    the argmax."""
     rank = torch.tensor([3, 7, 0, 5, 1, 6, 2, 4])  # token i is the rank[i]-th smallest
     logits = 0.1 * rank.float()[None]
     n, vocab = 4000, logits.shape[1]
     by_prob = rank.argsort(descending=True).tolist()  # tokens from the most to the least likely: 1, 5, 3, 7, ...
 
-    def draw(**kw):
-        out = sample_logits(logits.expand(n, -1), generator=torch.Generator().manual_seed(0), **kw)
+    def draw(allowed=None, **kw):
+        x = logits.expand(n, -1) if allowed is None else below(allowed)(None, logits.expand(n, -1))
+        out = sample_logits(x, TokenSampling(**kw), generator=torch.Generator().manual_seed(0))
         assert out.shape == (n, 1)
         return out.flatten()
 
@@ -431,7 +379,8 @@ def test_sampling_filters():
     check(draw(temperature=0.25), list(range(vocab)), temperature=0.25)  # sharper: 2.1% .. 34.4%
     check(draw(allowed=3), [0, 1, 2])
     check(draw(allowed=3, top_k=2), [0, 1])  # the 2 most likely of the allowed tokens (not 1 and 5)
-    assert sample_logits(logits, 0).tolist() == [[1]] and sample_logits(logits, 0, allowed=1).tolist() == [[0]]
+    greedy = TokenSampling(temperature=0)
+    assert sample_logits(logits, greedy).tolist() == [[1]] and sample_logits(below(1)(None, logits), greedy).tolist() == [[0]]
 
 
 def test_ink_temperature_keeps_the_background_odds():
@@ -443,7 +392,7 @@ def test_ink_temperature_keeps_the_background_odds():
     n = 6000
 
     def freq(**kw):
-        out = sample_logits(logits.expand(n, -1), generator=torch.Generator().manual_seed(0), background=bg, **kw)
+        out = sample_logits(logits.expand(n, -1), TokenSampling(**kw), torch.Generator().manual_seed(0), bg)
         return torch.bincount(out.flatten(), minlength=6).float() / n
 
     plain = logits[0].softmax(-1)
@@ -457,7 +406,7 @@ def test_ink_temperature_keeps_the_background_odds():
     assert greedy[[1, 4, 5]].sum() == 0 and abs(greedy[3] - plain[~bg].sum()) < 0.02  # token 3: the likeliest digit code
     assert set(torch.nonzero(freq(ink_temperature=0.5, top_k=2)).flatten().tolist()) == {0, 2}
     with pytest.raises(ValueError, match="background"):
-        sample_logits(logits, ink_temperature=0.5)
+        sample_logits(logits, TokenSampling(ink_temperature=0.5))
 
 
 def test_background_codes_are_the_codes_that_decode_dark():
@@ -484,9 +433,9 @@ def test_ink_temperature_flags_refuse_negative_values(capsys):
     most likely digit code."""
     import argparse
 
-    from minisora.cli import add_lm_args, add_token_sampling_args
+    from minisora.cli import add_lm_args, add_sampling_args
 
-    for add in (add_lm_args, add_token_sampling_args):
+    for add in (add_lm_args, add_sampling_args):
         p = argparse.ArgumentParser(allow_abbrev=False)
         add(p)
         assert p.parse_args(["--ink_temperature", "0"]).ink_temperature == 0.0
@@ -502,9 +451,9 @@ def test_ink_temperature_uses_the_checkpoints_background_codes():
 
     cfg = GPTConfig(vocab_size=33, grid=(2, 2, 4), block_size=16, n_layer=1, n_head=2, n_embd=32, dropout=0.0)
     with pytest.raises(ValueError, match="background codes"):
-        LitLM("gpt", cfg.to_dict(), 32, [2, 2, 4], "none").sample_codes(1, ink_temperature=0.5)
+        LitLM("gpt", cfg.to_dict(), 32, [2, 2, 4], "none", ink_temperature=0.5).sample_codes(1)
     module = LitLM("gpt", cfg.to_dict(), 32, [2, 2, 4], "none", background_codes=list(range(16)))
-    codes = module.sample_codes(64, ink_temperature=0.0, top_k=0).flatten(1)
+    codes = module.sample_codes(64, opts=TokenSampling(ink_temperature=0.0)).flatten(1)
     seq = torch.cat([torch.full((64, 1), 32), codes], 1)
     logits = module.model(seq[:, :-1])[0][..., :32]
     likeliest_digit = logits[..., 16:].argmax(-1) + 16
@@ -529,38 +478,19 @@ def test_num_frames_stops_the_same_draw_early():
 
 
 @pytest.mark.parametrize("kind", ["gpt", "mamba"])
-def test_later_temperature_applies_past_the_first_latent_frame(kind):
-    """later_temperature 0: every code after the first latent frame (16 codes of a (2, 4, 4) grid) is the argmax
-    of a full forward pass over its window; the first frame is still drawn at temperature 1 (a random model's
-    near-uniform draw is not its argmax)."""
-    torch.manual_seed(0)
-    m = tiny_gpt(block_size=40) if kind == "gpt" else MambaLM(MambaConfig(
-        vocab_size=33, d_model=16, n_layer=2, grid=(2, 4, 4), block_size=40, use_kernels=False)).eval()
-    prompt = torch.full((3, 1), 32)
-    out = m.generate(prompt, 32, temperature=1.0, allowed=32, generator=torch.Generator().manual_seed(0),
-                     later_temperature=0.0)
-    logits = m(out[:, :-1], start=0)[0][:, :, :32]
-    greedy = logits.argmax(-1) == out[:, 1:]                  # (3, 32): the drawn code is the argmax
-    assert greedy[:, 16:].all()
-    assert not greedy[:, :16].all(1).any() and greedy[:, :16].float().mean() < 0.5
-    same = m.generate(prompt, 32, temperature=1.0, allowed=32, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(same[:, :17], out[:, :17]) and not torch.equal(same, out)  # default: one temperature
-
-
-@pytest.mark.parametrize("kind", ["gpt", "mamba"])
 def test_motion_tokenizers_draw_codes_first_then_motion_tokens(kind):
-    """first_frame_tokens F: the first latent frame (16 cells of a (2, 4, 4) grid) draws only codes < F, the later
-    frames only motion tokens F..allowed-1, whatever a random model's logits prefer."""
-    from models.gpt import step_allowed
-    assert step_allowed(5, (2, 4, 4), 32) == 32 and step_allowed(5, (2, 4, 4), 32, 20) == (0, 20)
-    assert step_allowed(16, (2, 4, 4), 32, 20) == (0, 20) and step_allowed(17, (2, 4, 4), 32, 20) == (20, 32)
+    """models.motion.token_ranges(grid, F, V): the first latent frame (16 cells of a (2, 4, 4) grid) draws only
+    codes < F, the later frames only motion tokens F..V-1, whatever a random model's logits prefer."""
+    from models.motion import token_ranges
+    ranges = token_ranges((2, 4, 4), 20, 32)
     logits = torch.zeros(2, 33)
     logits[:, 3] = 50.0  # the model's favourite lies outside the range
-    assert ((sample_logits(logits, 1.0, allowed=(20, 32)) >= 20) & (sample_logits(logits, 1.0, allowed=(20, 32)) < 32)).all()
+    for length, lo, hi in ((5, 0, 20), (16, 0, 20), (17, 20, 32)):  # sequence lengths: BOS + codes drawn so far
+        kept = torch.isfinite(ranges(torch.zeros(2, length), logits)[0]).nonzero().flatten()
+        assert kept.tolist() == list(range(lo, hi))
     m = tiny_gpt(block_size=40) if kind == "gpt" else MambaLM(MambaConfig(
         vocab_size=33, d_model=16, n_layer=2, grid=(2, 4, 4), block_size=40, use_kernels=False)).eval()
-    out = m.generate(torch.full((4, 1), 32), 32, allowed=32, first_frame_tokens=20,
-                     generator=torch.Generator().manual_seed(0))[:, 1:]
+    out = m.generate(torch.full((4, 1), 32), 32, processors=(ranges,), generator=torch.Generator().manual_seed(0))[:, 1:]
     assert int(out[:, :16].max()) < 20 and int(out[:, 16:].min()) >= 20 and int(out.max()) < 32
 
 
@@ -577,29 +507,6 @@ def test_loss_falls_on_tiny_overfit():
     assert loss.item() < 0.3 * first
 
 
-def test_code_embeddings_start_from_the_codebook():
-    """code_dim > 0: codes with the same codebook vector share their embedding's codebook part, the table is tied to
-    the output, the vectors load back from the state dict, and wrong shapes are refused."""
-    m = tiny_gpt(code_dim=3)
-    vec = torch.randn(32, 3)
-    vec[5] = vec[7]
-    m.set_code_vectors(vec)
-    part = m.token_table() - m.wte.weight
-    assert torch.allclose(part[5], part[7]) and not torch.allclose(part[5], part[6]) and part[-1].abs().sum() == 0
-    assert torch.allclose(m.code_vectors[:-1].mean(0), torch.zeros(3), atol=1e-5)
-    x = torch.randint(0, 32, (2, 12))
-    logits = m(x)[0]
-    assert torch.allclose(logits, m.ln_f(m.blocks[1](m.blocks[0](m.drop(F.embedding(x, m.token_table()) + m.position(
-        torch.arange(12)[None]))))) @ m.token_table().t(), atol=1e-5)
-    n = tiny_gpt(code_dim=3)
-    n.load_state_dict(m.state_dict())
-    assert torch.equal(n.code_vectors, m.code_vectors) and torch.allclose(n(x)[0], logits)
-    with pytest.raises(ValueError, match="code_dim 3"):
-        m.set_code_vectors(torch.randn(32, 4))
-    with pytest.raises(ValueError, match="code_dim 0"):
-        tiny_gpt().set_code_vectors(vec)
-
-
 def test_mamba_scan_matches_naive_loop_and_recurrence():
     torch.manual_seed(0)
     b, d, l, n = 2, 6, 45, 4
@@ -614,7 +521,8 @@ def test_mamba_scan_matches_naive_loop_and_recurrence():
     states = [{} for _ in m.blocks]
     steps = torch.cat([m(x[:, i:i + 1], states=states)[0] for i in range(10)], 1)
     assert torch.allclose(full, steps, atol=1e-5)
-    out = m.generate(x[:, :2], 6, temperature=0.8, top_k=5, allowed=19, generator=torch.Generator().manual_seed(0))
+    out = m.generate(x[:, :2], 6, TokenSampling(temperature=0.8, top_k=5), generator=torch.Generator().manual_seed(0),
+                     processors=(below(19),))
     assert out.shape == (2, 8) and int(out[:, 2:].max()) < 19
 
 
@@ -705,53 +613,13 @@ def test_prompted_model_generates_the_prompted_sequence(kind):
     seqs = torch.tensor([[32, 1, 2, 3, 4, 5, 6, 7, 8], [32, 8, 7, 6, 5, 4, 3, 2, 1]])
     y = torch.zeros(2, 10)
     y[0, 3] = y[1, [0, 7]] = 1
-    overfit_labelled(m, seqs, y, 300)
+    overfit_labelled(m, seqs, y, 600)
     m.eval()
     for scale in (1.0, 3.0):
-        out = m.generate(seqs[:, :1], 8, temperature=0, y=y, cfg_scale=scale)
+        out = m.generate(seqs[:, :1], 8, TokenSampling(temperature=0, cfg_scale=scale), y=y)
         assert torch.equal(out, seqs), (scale, out)
-    swapped = m.generate(seqs[:, :1], 8, temperature=0, y=y.flip(0))
+    swapped = m.generate(seqs[:, :1], 8, TokenSampling(temperature=0), y=y.flip(0))
     assert torch.equal(swapped, seqs.flip(0))  # the label, not the batch row, decides
-
-
-def test_label_modulation_starts_as_the_plain_gpt_and_learns_the_labels_through_the_blocks():
-    """--label_modulation: zero-initialised, the modulated GPT computes exactly what the plain one does; trained on
-    two sequences told apart only by their labels, the labels then act inside the blocks (outputs change when
-    the modulation is removed) and guided cached sampling gives the full recompute's (the prompted) sequences."""
-    torch.manual_seed(0)
-    m = GPT(GPTConfig(vocab_size=33, grid=(1, 2, 4), block_size=8, n_layer=2, n_head=2, n_embd=32, dropout=0.0,
-                      num_classes=10, label_modulation=True))
-    seqs = torch.tensor([[32, 1, 2, 3, 4, 5, 6, 7, 8], [32, 8, 7, 6, 5, 4, 3, 2, 1]])
-    y = torch.zeros(2, 10)
-    y[0, 3] = y[1, [0, 7]] = 1
-    m.eval()
-    mods = [blk.modulation for blk in m.blocks]
-    modulated = m(seqs[:, :-1], y=y)[0]
-    for blk in m.blocks:
-        blk.modulation = None
-    assert torch.equal(modulated, m(seqs[:, :-1], y=y)[0])  # a plain block at initialisation
-    for blk, mod in zip(m.blocks, mods):
-        blk.modulation = mod
-    m.train()
-    overfit_labelled(m, seqs, y, 300)
-    m.eval()
-    assert all(float(mod.weight.detach().abs().max()) > 1e-3 for mod in mods)
-    modulated = m(seqs[:, :-1], y=y)[0]
-    for blk in m.blocks:
-        blk.modulation = None
-    assert not torch.allclose(modulated, m(seqs[:, :-1], y=y)[0], atol=1e-3)
-    for blk, mod in zip(m.blocks, mods):
-        blk.modulation = mod
-    for scale in (1.0, 3.0):
-        cached = m.generate(seqs[:, :1], 8, temperature=0, y=y, cfg_scale=scale, use_cache=True)
-        assert torch.equal(cached, seqs) and torch.equal(cached, m.generate(seqs[:, :1], 8, temperature=0, y=y,
-                                                                              cfg_scale=scale, use_cache=False))
-
-
-def test_label_modulation_needs_class_conditional(tiny_stage_files, tmp_path):
-    bad = run("train_latent_nanogpt.py", ["--tokens_input_file", tiny_stage_files["tokens"], "--label_modulation"],
-              tmp_path, ok=False)
-    assert bad.returncode != 0 and "--class_conditional" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_prior_labels_need_a_class_conditional_checkpoint_that_keeps_its_prior():
@@ -770,77 +638,41 @@ def test_prior_labels_need_a_class_conditional_checkpoint_that_keeps_its_prior()
         prior_label_sets(LitLM("gpt", {**cfg, "num_classes": 0}, 32, [2, 2, 4], "none", label_prior=prior), 2)
 
 
-def test_first_frame_candidates_keep_the_frame_the_labels_explain():
-    """pick_first_frames keeps, of K drawn first frames, the one the model's own labels explain best: a tiny
-    class-conditional GPT overfit on eleven clips (digit d: its own random codes, still; no digit: code 0 everywhere)
-    keeps the {3} frame for the prompt {3} and the {7} frame for {7} wherever they sit among the candidates, and
-    unprompted a digit's frame over the empty one; sample_codes with first_frame_candidates draws the prompted clip."""
-    from minisora.lit_gpt import LitLM
-
-    torch.manual_seed(0)
-    cfg = GPTConfig(vocab_size=33, grid=(2, 2, 4), block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0,
-                    num_classes=10, class_dropout=0.3)
-    module = LitLM("gpt", cfg.to_dict(), 32, [2, 2, 4], "none")
-    m = module.model
-    frames = torch.cat([torch.randint(1, 32, (10, 8)), torch.zeros(1, 8, dtype=torch.long)])  # digits 0-9, empty
-    seqs = torch.cat([torch.full((11, 1), 32), frames, frames], 1)
-    y = torch.cat([torch.eye(10), torch.zeros(1, 10)])  # the empty clip: no digit, the null label
-    overfit_labelled(m, seqs, y, 400)
-    module.eval()
-    cands, y = seqs[[3, 7, 10], :9], y[[3, 7]]  # BOS + first frame: {3}, {7}, empty
-    for order in ([0, 1, 2], [2, 1, 0], [1, 2, 0]):
-        picked = module.pick_first_frames(cands[order][None].expand(2, -1, -1), y)
-        assert torch.equal(picked, cands[:2]), (order, picked)
-    for digit in (0, 1):
-        picked = module.pick_first_frames(cands[[2, digit]][None], None)
-        assert torch.equal(picked[0], cands[digit]), picked
-    out = module.sample_codes(2, y=y, temperature=0.5, first_frame_candidates=3)
-    assert out.shape == (2, 2, 2, 4) and torch.equal(out.flatten(1), seqs[[3, 7], 1:])
-    unconditional = LitLM("gpt", {**cfg.to_dict(), "num_classes": 0}, 32, [2, 2, 4], "none")
-    with pytest.raises(ValueError, match="class-conditional"):
-        unconditional.sample_codes(1, first_frame_candidates=2)
-
-
 def test_class_conditional_gpt_script_and_prompted_sampling(tiny_stage_files, tiny_data, tmp_path):
-    """--class_conditional trains on the tokens' source labels (--code_embeddings: with the codebook's vectors;
-    --label_modulation: labels also modulating every block;
-    --prev_frames: reading earlier frames through the whole sequence; with --first_frame_windows and
-    --input_noise); sample.py --prompts/--cfg_scale works for it;
+    """--class_conditional trains on the tokens' source labels (--prev_frames: reading earlier frames through the
+    whole sequence; with --first_frame_windows); its checkpoint carries its sampling flags as the defaults of
+    sample.py / evaluate.py; sample.py --prompts/--cfg_scale/--prior_labels works for it;
     evaluate.py --continuation scores its continuations of real val videos beside the copy-last-frame baseline
     (--continuation_cfg: prompted with the digits read in the given frames)."""
     run("train_latent_nanogpt.py", ["--tokens_input_file", tiny_stage_files["tokens"], *TINY_LM, "--block_size", "64",
                                     "--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--class_conditional",
-                                    "--code_embeddings", "--prev_frames", "1", "--first_frame_windows", "0.5",
-                                    "--input_noise", "0.1", "--later_temperature", "0.5", "--ink_temperature", "0.5",
-                                    "--label_modulation", "--checkpoint_every", "2", "--output_dir", tmp_path,
+                                    "--prev_frames", "1", "--first_frame_windows", "0.5", "--cfg_scale", "2.5",
+                                    "--ink_temperature", "0.5", "--checkpoint_every", "2", "--output_dir", tmp_path,
                                     "--run_name", "c"], tmp_path)
     ck = tmp_path / "train_latent_nanogpt/c/checkpoints/last.ckpt"
     early = tmp_path / "train_latent_nanogpt/c/checkpoints/step0000002.ckpt"  # --checkpoint_every: kept besides best
     assert early.exists() and (tmp_path / "train_latent_nanogpt/c/checkpoints/step0000004.ckpt").exists()
     state = torch.load(ck, weights_only=True)
     assert state["minisora"]["config"]["num_classes"] == 10 and state["minisora"]["config"]["prev_frames"] == 1
-    assert state["minisora"]["config"]["label_modulation"] and "model.blocks.0.modulation.weight" in state["state_dict"]
     hp = state["hyper_parameters"]
-    assert hp["later_temperature"] == 0.5 and hp["ink_temperature"] == 0.5  # the sampling defaults it carries
+    assert hp["cfg_scale"] == 2.5 and hp["ink_temperature"] == 0.5  # the sampling defaults it carries
     assert isinstance(hp["background_codes"], list) and all(0 <= c < hp["n_codes"] for c in hp["background_codes"])
     from minisora.generate import load_generator
     loaded = load_generator(str(ck)).hparams  # what sample.py / evaluate.py sample with by default
-    assert loaded.later_temperature == 0.5 and loaded.ink_temperature == 0.5
+    assert loaded.cfg_scale == 2.5 and loaded.ink_temperature == 0.5
     assert loaded.background_codes == hp["background_codes"] and loaded.top_k == hp["top_k"]
-    vectors = state["state_dict"]["model.code_vectors"]  # the tokenizer's codebook, standardised; BOS row zero
-    assert state["minisora"]["config"]["code_dim"] == vectors.shape[1] and vectors[-1].abs().sum() == 0
-    assert torch.allclose(vectors[:-1].std(0), torch.ones(vectors.shape[1]), atol=1e-3)
-    out = run("sample.py", ["--checkpoint", ck, "--num_videos", 2, "--prompts", "3,7", "1", "--cfg_scale", 2,
-                            "--first_frame_candidates", 2, "--guide_checkpoint", early, "--guide_scale", 2,
+    out = run("sample.py", ["--checkpoint", ck, "--num_videos", 2, "--prompts", "3,7", "1",
                             "--output_dir", tmp_path / "smp"], tmp_path)
-    assert (tmp_path / "smp/grid.gif").exists() and "2 videos" in out.stdout and "autoguided by" in out.stdout
+    assert (tmp_path / "smp/grid.gif").exists() and "2 videos" in out.stdout
+    assert f"top-k {hp['top_k']}, top-p None, guidance 2.5, digit codes at temperature 0.5" in out.stdout  # the recipe's
     from minisora.data import label_prior, stage_labels
     from minisora.stagefile import load_stage
     prior = state["minisora"]["label_prior"]  # the training rows' digit sets, kept for --prior_labels
     assert prior == label_prior(stage_labels(load_stage(tiny_stage_files["tokens"])[1])) and sum(prior["counts"]) > 0
     out = run("sample.py", ["--checkpoint", ck, "--num_videos", 3, "--prior_labels", "--cfg_scale", 2,
                             "--output_dir", tmp_path / "prior"], tmp_path)
-    drawn = out.stdout.split("digits drawn from the training data's at guidance 2.0: ")[1].split(")")[0].split()
+    assert "guidance 2.0" in out.stdout  # a flag overrides the recipe
+    drawn = out.stdout.split("digits drawn from the training data's: ")[1].split(")")[0].split()
     assert len(drawn) == 3 and all([int(d) for d in s.split(",")] in prior["sets"] for s in drawn), out.stdout
     assert (tmp_path / "prior/grid.gif").exists()
     pic = run("bench/picture.py", ["--checkpoint", ck, "--dataset", "tiny", "--data_dir", tiny_data, "--resolution", 32,
@@ -850,10 +682,8 @@ def test_class_conditional_gpt_script_and_prompted_sampling(tiny_stage_files, ti
     assert shown == drawn[:2] and (tmp_path / "pic.png").exists()  # the same seed draws the same digits
     both = run("sample.py", ["--checkpoint", ck, "--prior_labels", "--labels", 3], tmp_path, ok=False)
     assert both.returncode != 0 and "drop --labels/--prompts" in both.stderr
-    bad = run("sample.py", ["--checkpoint", ck, "--num_videos", 1, "--guide_scale", 2], tmp_path, ok=False)
-    assert bad.returncode != 0 and "--guide_scale needs --guide_checkpoint" in bad.stderr
     ev = run("evaluate.py", ["--dataset", "tiny", "--data_dir", tiny_data, "--checkpoint", ck, "--continuation", 4,
-                             "--continuation_cfg", 2, "--guide_checkpoint", early, "--guide_scale", 2,
+                             "--continuation_cfg", 2,
                              "--resolution", 32, "--sequence_length", 8, "--num_videos", 0,
                              "--num_fmd", 4, "--feature_steps", 5, "--cache_dir", tmp_path / "ev",
                              "--output", tmp_path / "ev.json"], tmp_path)
@@ -877,18 +707,12 @@ def test_motion_tokens_through_tokenize_gpt_sample_and_continuation(tiny_data, t
     common = ["--dataset", "tiny", "--data_dir", tiny_data, "--resolution", 32, "--sequence_length", 8,
               "--num_workers", 0, "--batch_size", 4]
     out = run("tokenize_videos.py", [*common, "--vae", runs / "train_vqvae/pf/checkpoints/last.ckpt",
-                                     "--motion_tokens", 2, "--blank_token", "--output", tok, "--decode", 1], tmp_path)
-    assert "motion tokens after the first frame (radius 2, blank token: 90 tokens)" in out.stdout and "PSNR" in out.stdout
+                                     "--motion_tokens", 2, "--output", tok, "--decode", 1], tmp_path)
+    assert "motion tokens after the first frame (radius 2: 89 tokens)" in out.stdout and "PSNR" in out.stdout
     arr, meta = load_stage(tok, expect_kind="tokens")
-    assert arr.shape == (12, 8, 8, 8) and meta["n_codes"] == 64 + 25 + 1 and meta["motion_radius"] == 2
-    assert int(arr[:, 0].max()) < 64 and int(arr[:, 1:].min()) >= 64 and int(arr.max()) < 90
-    assert meta["vae"]["config"]["motion_blank"]
-    bad = run("tokenize_videos.py", [*common, "--vae", runs / "train_vqvae/pf/checkpoints/last.ckpt", "--blank_token",
-                                     "--output", tmp_path / "b.npy"], tmp_path, ok=False)
-    assert bad.returncode != 0 and "needs --motion_tokens" in bad.stderr
+    assert arr.shape == (12, 8, 8, 8) and meta["n_codes"] == 64 + 25 and meta["motion_radius"] == 2
+    assert int(arr[:, 0].max()) < 64 and int(arr[:, 1:].min()) >= 64 and int(arr.max()) < 89
     assert meta["vae"]["reference"] == str(tok.with_suffix(".vae.ckpt"))
-    bad = run("train_latent_nanogpt.py", ["--tokens_input_file", tok, *TINY_LM, "--code_embeddings"], tmp_path, ok=False)
-    assert bad.returncode != 0 and "motion tokens" in bad.stderr
     out = run("train_latent_nanogpt.py", ["--tokens_input_file", tok, *TINY_LM, "--block_size", "64", "--n_layer", "1",
                                           "--n_head", "2", "--n_embd", "32", "--class_conditional", "--prev_frames", "1",
                                           "--read_ink", "--output_dir", tmp_path, "--run_name", "m"], tmp_path)

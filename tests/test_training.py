@@ -101,3 +101,23 @@ def test_driver_checkpoints_at_stop_and_resume_keeps_metrics_history(tmp_path, r
     assert rows[:2] == first[:2]                        # the rows before the checkpoint are the first run's own
     assert checkpoint_step(ck / "last.ckpt") == 7
     assert not [w for w in recwarn if "will be deleted" in str(w.message)]  # Lightning's CSVLogger warned so
+
+
+def test_step_rate_prints_steps_per_second_and_the_eta_of_the_budget(capsys):
+    """Each stage says how fast it trains and when it ends: the step budget's ETA, or the time budget's when that
+    ends first."""
+    from types import SimpleNamespace
+
+    from minisora.training import _step_rate
+
+    cb = _step_rate("x", every_seconds=0)
+    timer = type("Timer", (), {"time_remaining": lambda self, stage: 30.0})()
+    trainer = SimpleNamespace(global_step=0, max_steps=1000, is_global_zero=True, callbacks=[])
+    cb.on_train_start(trainer, None)
+    cb.t0 -= 10.0  # 10 s ago
+    trainer.global_step = 100  # 10 steps/s: 900 steps left = 1m30s
+    cb.on_train_batch_end(trainer, None, None, None, 0)
+    assert "[x] step 100/1000, 10.00 steps/s, ETA 1m30s" in capsys.readouterr().out
+    trainer.callbacks = [timer]  # a --max_time budget that ends in 30 s comes first
+    cb.on_train_batch_end(trainer, None, None, None, 1)
+    assert "ETA 0m30s" in capsys.readouterr().out

@@ -452,7 +452,7 @@ def _moving_square(T=6, size=32, v=(2, -3), start=(8, 18)):
 
 
 def test_block_motion_recovers_a_moving_block_exactly():
-    from models.vqvae import match_cells, motion_offsets, warp_cells
+    from models.motion import match_cells, motion_offsets, warp_cells
     x, R, cell = _moving_square(), 3, 4
     offsets = motion_offsets(R)
     assert offsets.shape == (49, 2) and offsets[49 // 2].tolist() == [0, 0]
@@ -468,48 +468,19 @@ def test_block_motion_recovers_a_moving_block_exactly():
         assert (v[0][far] == 49 // 2).all() and far.sum() > 20  # empty cells away from it keep (0, 0)
 
 
-def test_blank_motion_token_takes_every_inkless_cell_and_decodes_black():
-    """motion_blank: cells without ink get the blank token (index K, after the K displacements) and decode black;
-    inked cells keep their vectors, so the moving block is still recovered exactly."""
-    from models.vqvae import VAEConfig, match_cells, warp_cells
-    x, R, cell = _moving_square(), 3, 4
-    prev = x[:, :, 0]
-    for t in range(1, x.shape[2]):
-        v, prev = match_cells(prev, x[:, :, t], cell, R, blank=True)
-        assert torch.equal(prev, x[:, :, t])
-        ink = F.max_pool2d(x[:, :, t].amax(1, keepdim=True), cell)[:, 0] > -0.6
-        assert (v[~ink] == 49).all() and (v[ink] < 49).all() and ink.any()
-    lit = torch.ones(1, 3, 8, 8)
-    out = warp_cells(lit, torch.tensor([[[49, 4], [4, 49]]]), cell, 1)  # (0, 0) is index 4 at radius 1
-    assert (out[..., :4, :4] == -1).all() and (out[..., :4, 4:] == 1).all() and (out[..., 4:, 4:] == -1).all()
-    cfg = make_config("s4t1_m_vq", channels=(8, 8, 8), n_codes=64, motion_radius=3, motion_blank=True)
-    assert cfg.n_tokens == 64 + 49 + 1 and VAEConfig.from_dict(cfg.to_dict()).motion_blank
-    with pytest.raises(ValueError, match="motion_blank"):
-        make_config("s4t1_m_vq", motion_blank=True)
-    model = VideoVAE(cfg).eval()
-    with torch.no_grad():
-        tok = model.encode_tokens(x)
-        assert int(tok[:, 1:].max()) == 64 + 49                    # the background is blank
-        blank = tok.clone()
-        blank[:, 1:] = 64 + 49
-        assert (model.decode_codes(blank)[:, :, 1:] == -1).all()  # every later frame black
-
-
 def test_warp_cells_equals_moving_each_block_by_hand():
     """warp_cells (one gather) against a per-cell loop: cell (i, j) of the output is the cell-sized block of prev
-    displaced by its vector, black where the source falls off the frame, and black for the blank token."""
-    from models.vqvae import motion_offsets, warp_cells
+    displaced by its vector, black where the source falls off the frame."""
+    from models.motion import motion_offsets, warp_cells
     torch.manual_seed(0)
     cell, R = 2, 2
     prev = torch.rand(2, 3, 8, 6) * 2 - 1
     offsets = motion_offsets(R)
-    vectors = torch.randint(0, len(offsets) + 1, (2, 4, 3))  # the last index: blank
+    vectors = torch.randint(0, len(offsets), (2, 4, 3))
     ref = torch.full_like(prev, -1.0)
     for b in range(2):
         for i in range(4):
             for j in range(3):
-                if vectors[b, i, j] == len(offsets):
-                    continue
                 dy, dx = offsets[vectors[b, i, j]].tolist()
                 for y in range(i * cell, (i + 1) * cell):
                     for x in range(j * cell, (j + 1) * cell):
@@ -522,6 +493,9 @@ def test_motion_tokens_encode_decode_and_config():
     from models.vqvae import VAEConfig
     cfg = make_config("s4t1_m_vq", channels=(8, 8, 8), n_codes=64, motion_radius=3)
     assert cfg.n_tokens == 64 + 49 and VAEConfig.from_dict(cfg.to_dict()).motion_radius == 3
+    assert VAEConfig.from_dict({**cfg.to_dict(), "motion_blank": False}).motion_radius == 3  # older checkpoints load
+    with pytest.raises(ValueError, match="removed after commit 92eadaa"):  # the blank token was an experiment
+        VAEConfig.from_dict({**cfg.to_dict(), "motion_blank": True})
     with pytest.raises(ValueError, match="per-frame quantizing"):
         make_config("s4t4_m_vq", motion_radius=3)
     model = VideoVAE(cfg).eval()
