@@ -1,4 +1,5 @@
-"""The whole MiniSora pipeline at CPU-small scale, one stage after another (~45 min on 2 CPU cores):
+"""The whole MiniSora pipeline at CPU-small scale, one stage after another (~42 min on 2 CPU cores with native bf16,
+~2.6 h without: the recipes' step budgets; README "Quickstart"):
 
   1. generate Flying MNIST (64², 16 frames, 1-2 digits)            -> data/flying_mnist_demo/
   2. train a KL-VAE (4x4x4, 8 channels, chroma-weighted loss)      -> runs/train_vqvae/demo_vae/

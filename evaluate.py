@@ -12,9 +12,9 @@ reconstructions scored by all of these plus PSNR/SSIM and colour error. Prints a
   python evaluate.py --dataset flying_mnist_demo --vae runs/train_vqvae/<run>/checkpoints/last.ckpt   # reconstruction
   python evaluate.py ... --i3d path/to/i3d_torchscript.pt                          # + FVD
 
-FMD uses --num_fmd videos a side (default 256): reference = the first N train videos; floor = N other real
-videos (the val split, then train videos after the reference) vs the reference. A set of fewer videos (e.g.
-the --prompted set, one per val video) is scored against the same reference with a floor of as many videos.
+Every row has --num_fmd videos (default 256), so FMD and the rates compare at one sample size: FMD's reference is
+the first N train videos; the 'real (held out)' row is N other real videos (the val split, then train videos after
+the reference), which is also FMD's floor, what --vae reconstructs and whose digits --prompted prompts with.
 
 The feature network and the digit classifier are trained on first use (a few CPU-minutes) and cached in
 runs/evaluate/. I3D weights cannot be downloaded here: get StyleGAN-V's i3d_torchscript.pt
@@ -57,15 +57,17 @@ def parse_args(argv=None):
     p.add_argument("--videos", default=None, help="folder of generated mp4s (or give --checkpoint, not both)")
     p.add_argument("--checkpoint", default=None, help="generator checkpoint to sample from (or give --videos, not both)")
     p.add_argument("--num_videos", type=int, default=None, help="generated videos to sample / read (default --num_fmd)")
-    p.add_argument("--num_real", type=int, default=64, help="real val videos of the 'real (val)' row (and --vae, --prompted)")
+    p.add_argument("--num_real", type=int, default=64, help="real val videos continued (--continuation)")
     p.add_argument("--num_fmd", type=int, default=256,
-                   help="FMD sample size: N real train videos as reference, N other real videos for the floor, N generated")
+                   help="the sample size of every row: N real train videos are FMD's reference, N other real videos "
+                        "(val first, then train) the 'real (held out)' row, FMD's floor, the videos --vae "
+                        "reconstructs and the digit sets --prompted samples; N generated")
     p.add_argument("--prompted", action="store_true",
-                   help="class-conditional checkpoint: also sample one video per val video, prompted with its digits, "
-                        "and report prompt accuracy")
+                   help="class-conditional checkpoint: also sample one video per held-out real video, prompted with "
+                        "its digits, and report prompt accuracy")
     p.add_argument("--prior_labels", action="store_true",
-                   help="class-conditional checkpoint: also sample one video per val video (as --prompted), its digit "
-                        "set drawn from the training data's (kept in the checkpoint), guided by it (--cfg_scale): "
+                   help="class-conditional checkpoint: also sample one video per held-out real video (as --prompted), "
+                        "its digit set drawn from the training data's (kept in the checkpoint), guided by it (--cfg_scale): "
                         "samples nobody prompted, scored with prompt accuracy against the drawn sets")
     p.add_argument("--continuation", type=int, default=0, metavar="K",
                    help="next-token checkpoint: also continue each real val video from its first K frames (a multiple "
@@ -79,7 +81,7 @@ def parse_args(argv=None):
     add_sampling_args(p)  # --cfg_scale guides the --prompted / --prior_labels samples
     p.add_argument("--resolution", type=int, default=None, help="default: the real videos' size")
     p.add_argument("--sequence_length", type=int, default=16)
-    p.add_argument("--vae", default=None, help="also score this VAE's reconstructions of the 'real (val)' videos")
+    p.add_argument("--vae", default=None, help="also score this VAE's reconstructions of the held-out real videos")
     p.add_argument("--i3d", default=None, help="StyleGAN-V I3D TorchScript file: adds FVD")
     p.add_argument("--feature_steps", type=int, default=300, help="training steps of the feature network (first use)")
     p.add_argument("--cache_dir", default="runs/evaluate")
@@ -103,14 +105,15 @@ def check_flags(a):
 
 @dataclass
 class Real:
-    """The real videos: `reference` (FMD's, train), `held_out` (its floor), `val` (the 'real (val)' row, --vae,
-    --prompted, --continuation) and the val videos' digits (`val_labels`, None without metadata)."""
-    n: int  # FMD sample size
+    """The real videos, n a side: `reference` (FMD's, train) and `held_out` (val first, then train after the
+    reference: the 'real (held out)' row, FMD's floor, what --vae reconstructs and --prompted prompts with, with their
+    digits `labels`, None without metadata); `val`: the videos --continuation continues."""
+    n: int  # the sample size of every row
     resolution: int
     reference: np.ndarray
     held_out: np.ndarray
+    labels: list | None
     val: np.ndarray
-    val_labels: list | None
     labels_file: Path
 
 
@@ -129,16 +132,16 @@ def real_sets(a) -> Real:
         return [ds[i]["video"].permute(1, 2, 3, 0).numpy() for i in range(start, min(len(ds), stop))]
     n = min(a.num_fmd, len(train), (len(train) + len(val)) // 2)
     if n < a.num_fmd:
-        print(f"[evaluate] only {len(train)} train + {len(val)} val real videos: FMD with {n} a side, not {a.num_fmd}")
-    held_out = real(val, 0, n)  # the floor's real videos: val first, then train videos after the reference
-    held_out = np.stack(held_out + real(train, n, n + n - len(held_out)))
-    n_val = min(a.num_real, len(val))
+        print(f"[evaluate] only {len(train)} train + {len(val)} val real videos: {n} a side, not {a.num_fmd}")
+    n_val = min(n, len(val))  # held out: val videos first, then train videos after the reference
+    held_out = np.stack(real(val, 0, n_val) + real(train, n, n + n - n_val))
     try:
-        val_labels = load_labels(val.dir, [f.relative_to(val.dir).as_posix() for f in val.files[:n_val]])
+        labels = (load_labels(val.dir, [f.relative_to(val.dir).as_posix() for f in val.files[:n_val]]) +
+                  load_labels(train.dir, [f.relative_to(train.dir).as_posix() for f in train.files[n:2 * n - n_val]]))
     except (FileNotFoundError, ValueError):
-        val_labels = None
-    return Real(n, a.resolution or int(val[0]["video"].shape[-1]), np.stack(real(train, 0, n)), held_out,
-                np.stack(real(val, 0, n_val)), val_labels, val.dir / "metadata.jsonl")
+        labels = None
+    return Real(n, a.resolution or int(val[0]["video"].shape[-1]), np.stack(real(train, 0, n)), held_out, labels,
+                np.stack(real(val, 0, min(a.num_real, len(val)))), val.dir / "metadata.jsonl")
 
 
 def controls(held_out: np.ndarray) -> dict:
@@ -185,8 +188,8 @@ def load_checked_generator(a, real: Real):
     conditional = num_classes(module) > 0
     if a.prompted and not conditional:
         sys.exit("error: --prompted needs a class-conditional checkpoint (model_config num_classes)")
-    if a.prompted and real.val_labels is None:
-        sys.exit(f"error: --prompted needs the val labels ({real.labels_file})")
+    if a.prompted and real.labels is None:
+        sys.exit(f"error: --prompted needs the real videos' labels ({real.labels_file})")
     if a.prior_labels:
         try:
             prior_label_sets(module, 1)  # unconditional, or no label prior kept: refused here
@@ -228,9 +231,9 @@ def generated_sets(a, module, real: Real, clf: DigitCNN) -> tuple[dict, dict]:
         sets["generated"] = sample(module, num_videos, a)
     prompts = {}  # set: (one digit set per video, what they are)
     if a.prompted:
-        prompts["generated (prompted)"] = real.val_labels, "the val videos' digits"
+        prompts["generated (prompted)"] = real.labels, "the held-out real videos' digits"
     if a.prior_labels:
-        prompts["generated (labels drawn from the training data)"] = (prior_label_sets(module, len(real.val), a.seed),
+        prompts["generated (labels drawn from the training data)"] = (prior_label_sets(module, real.n, a.seed),
                                                                       "digit sets drawn from the training data's")
     cfg = "the checkpoint's" if a.cfg_scale is None else a.cfg_scale
     for key, (labels, what) in prompts.items():
@@ -258,7 +261,7 @@ def continuation_set(a, module, real_val: np.ndarray, clf: DigitCNN) -> np.ndarr
 
 
 def vae_reconstructions(a, real_val: np.ndarray) -> tuple[np.ndarray, dict]:
-    """--vae's reconstructions of the real val videos, and their colour error, PSNR and SSIM."""
+    """--vae's reconstructions of real videos, and their colour error, PSNR and SSIM."""
     from minisora.metrics import psnr, ssim
     from minisora.resolve import load_vae
     try:
@@ -278,9 +281,9 @@ def vae_reconstructions(a, real_val: np.ndarray) -> tuple[np.ndarray, dict]:
 
 def video_sets(a, real: Real, module, clf: DigitCNN) -> tuple[dict, dict]:
     """Every set to score, in the table's order, and the extra columns of some (prompt scores, reconstruction errors)."""
-    sets, extra = {"real (val)": real.val}, {}
-    if real.val_labels is not None:  # what the classifier reads in real videos: the ceiling of prompt accuracy
-        extra["real (val)"] = prompt_scores(real.val, real.val_labels, clf)
+    sets, extra = {"real (held out)": real.held_out}, {}
+    if real.labels is not None:  # what the classifier reads in real videos: the ceiling of prompt accuracy
+        extra["real (held out)"] = prompt_scores(real.held_out, real.labels, clf)
     if a.videos:
         sets["generated"] = load_folder(Path(a.videos), a.num_fmd if a.num_videos is None else a.num_videos,
                                         a.sequence_length)
@@ -289,7 +292,7 @@ def video_sets(a, real: Real, module, clf: DigitCNN) -> tuple[dict, dict]:
         sets.update(generated)
         extra.update(prompt_extra)
     if a.vae:
-        sets["vae reconstruction"], extra["vae reconstruction"] = vae_reconstructions(a, real.val)
+        sets["vae reconstruction"], extra["vae reconstruction"] = vae_reconstructions(a, real.held_out)
     sets.update(controls(real.held_out))
     return sets, extra
 

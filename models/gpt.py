@@ -254,14 +254,11 @@ class GPT(ClassConditioned, nn.Module):
                  y: torch.Tensor | None = None, generator: torch.Generator | None = None, use_cache: bool = True,
                  processors: tuple[Callable, ...] = (), reader: Callable | None = None,
                  background: torch.Tensor | None = None) -> torch.Tensor:
-        """Continue `prompt` (B, L0), whose first token is sequence position 0 (BOS), by max_new_tokens draws.
-        Each prediction reads a training-like window of at most block_size tokens, whose keys were all computed
-        inside that window: when full, it is re-anchored to its last half and recomputed (models.cfg.reanchor).
-        With use_cache the window's keys are cached; without, each step recomputes it (the same logits). Sparse
-        context (context_stride > 1) recomputes its strided window every step. y (B, num_classes): label prompts.
-        processors: (seq, logits) -> logits, applied in order (e.g. `below`, models.motion.token_ranges);
-        reader: seq -> extra forward() inputs (models.motion.InkTracker for read_ink); background: the (V,) bool
-        mask of background codes that opts.ink_temperature needs."""
+        """Continue `prompt` (B, L0; BOS at position 0) by max_new_tokens draws. Each prediction reads a training-like
+        window of <= block_size tokens whose keys were all computed inside it (full: re-anchored to its last half,
+        models.cfg.reanchor), cached with use_cache, else recomputed (the same logits); a sparse context recomputes
+        its strided window. y: label prompts; processors: (seq, logits) -> logits (`below`, motion.token_ranges);
+        reader: seq -> extra forward() inputs (motion.InkTracker); background: the mask opts.ink_temperature needs."""
         if self.prev_ink is not None and reader is None:
             raise ValueError("a GPT with read_ink samples with reader= (the ink map of its decoded frames)")
         guided = y is not None and self.y_embed is not None and opts.cfg_scale != 1.0

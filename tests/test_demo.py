@@ -16,7 +16,7 @@ def test_demo_tiny_runs_every_stage(tmp_path):
                  "runs/iddpm/demo_dit/checkpoints/last.ckpt", "runs/demo/samples/grid.gif", "runs/demo/samples/001.mp4"]:
         assert (tmp_path / path).exists(), path
     results = json.loads((tmp_path / "runs/demo/results.json").read_text())["results"]
-    assert {"real (val)", "generated", "vae reconstruction"} <= set(results)
+    assert {"real (held out)", "generated", "vae reconstruction"} <= set(results)
     assert "prompt_accuracy" in json.dumps(results) and "colour_error" in results["vae reconstruction"]
     assert "| real videos |" in out.stdout and "legible / frame" in out.stdout
     assert "Warning" not in out.stderr and "will be deleted" not in out.stderr  # a console a person can read

@@ -225,19 +225,19 @@ def test_evaluate_cli_and_i3d_path(tiny_data, tmp_path, classifier):
     torch.jit.script(FakeI3D()).save(str(tmp_path / "i3d.pt"))
     videos = tmp_path / "gen"
     videos.mkdir()
-    for i, f in enumerate(sorted((tiny_data / "tiny/val").glob("*.mp4"))):
+    held_out = sorted((tiny_data / "tiny/val").glob("*.mp4")) + sorted((tiny_data / "tiny/train").glob("*.mp4"))[8:]
+    for i, f in enumerate(held_out):  # evaluate.py's 8 held-out real videos: 4 val, then train after the 8 reference
         (videos / f"{i:03d}.mp4").write_bytes(f.read_bytes())
     out = run("evaluate.py", ["--dataset", "tiny", "--data_dir", tiny_data, "--videos", videos, "--num_real", 4,
                               "--feature_steps", 10, "--cache_dir", tmp_path / "cache", "--i3d",
                               tmp_path / "i3d.pt", "--output", tmp_path / "r.json"], tmp_path)
     res = json.loads((tmp_path / "r.json").read_text())["results"]
-    assert {"real (val)", "generated", "real, frames shuffled", "noise"} == set(res)
-    assert "FMD with 8 a side, not 256" in out.stdout  # 12 train + 4 val videos: 8 reference, 8 for the floor
-    assert "generated: 4 videos, fewer than the FMD sample size 8: FMD and its floor at 4" in out.stdout
-    gen, noise, real = res["generated"], res["noise"], res["real (val)"]
-    assert gen["FMD_n"] == gen["videos"] == 4 and noise["FMD_n"] == 8 and real["FMD"] == pytest.approx(real["FMD_floor"])
-    assert gen["FMD_floor"] == real["FMD_floor"] != noise["FMD_floor"]  # floors at the set's size
-    assert gen["FMD"] == pytest.approx(real["FMD"])  # the same 4 val videos
+    assert {"real (held out)", "generated", "real, frames shuffled", "noise"} == set(res)
+    assert "8 a side, not 256" in out.stdout  # 12 train + 4 val videos: 8 reference, 8 for the floor
+    gen, noise, real = res["generated"], res["noise"], res["real (held out)"]
+    assert gen["FMD_n"] == gen["videos"] == real["videos"] == noise["FMD_n"] == 8  # every row at one sample size
+    assert real["FMD"] == pytest.approx(real["FMD_floor"]) and gen["FMD_floor"] == real["FMD_floor"]
+    assert gen["FMD"] == pytest.approx(real["FMD"])  # the same 8 held-out videos
     assert gen["FMD"] < noise["FMD"] and "FVD" in noise and "| set |" in out.stdout and "(floor " in out.stdout
     assert METRICS | {"prompt_accuracy"} <= set(real) and METRICS <= set(noise)
     assert (tmp_path / "cache/features_v2_tiny.pt").exists()
@@ -265,11 +265,10 @@ def fake_generator(conditional=False, diffusion=False, prior=PRIOR):
 
 @pytest.fixture
 def fake_models(tiny_data, monkeypatch):
-    """evaluate.py in-process with fake generators: unprompted samples are noise, prompted row i is real val video
-    i; continuations are the real videos themselves; the VAE is the identity. Records the prompts and guidance."""
+    """evaluate.py in-process with fake generators: unprompted samples are noise, prompted row i is held-out real
+    video i; continuations are the real videos themselves; the VAE is the identity. Records the prompts and guidance."""
     import evaluate
     from minisora import evaluation
-    val = tiny_split(tiny_data, "val")[0]
     calls = types.SimpleNamespace(prompts=[], continued=[])
     fd = evaluation.fd_with_ci  # FMD's 90% interval from 3 bootstrap draws, not 50: these runs check rows, not intervals
     monkeypatch.setattr(evaluation, "fd_with_ci", lambda a, b, n_boot=50, seed=0: fd(a, b, 3, seed))
@@ -278,7 +277,7 @@ def fake_models(tiny_data, monkeypatch):
         if y is None:
             return [torch.rand(3, 16, 64, 64) * 2 - 1 for _ in range(n)]
         calls.prompts.append((y.cpu().clone(), opts.cfg_scale))
-        return list(to_float(val[:len(y)]))
+        return list(to_float(held_out(tiny_data, len(y))[0]))
 
     def continue_videos(module, real, given, batch_size=8, seed=0, opts=None, y=None):
         calls.continued.append((given, None if y is None else y.cpu().clone(), opts.cfg_scale))
@@ -288,6 +287,14 @@ def fake_models(tiny_data, monkeypatch):
     identity = types.SimpleNamespace(encode=lambda x: x, decode=lambda z: z, quantize=False)
     monkeypatch.setattr("minisora.resolve.load_vae", lambda ref, device="cpu": identity)
     return calls
+
+
+def held_out(tiny_data, n: int):
+    """evaluate.py's n held-out real videos of the tiny set (val first, then train after the n reference ones) and
+    their digits."""
+    (val, val_labels), (train, train_labels) = tiny_split(tiny_data, "val"), tiny_split(tiny_data, "train")
+    k = min(n, len(val))
+    return np.concatenate([val[:k], train[n:2 * n - k]]), val_labels[:k] + train_labels[n:2 * n - k]
 
 
 def evaluate_main(tiny_data, tmp_path, cache, args, module=None, monkeypatch=None) -> dict:
@@ -303,25 +310,26 @@ def evaluate_main(tiny_data, tmp_path, cache, args, module=None, monkeypatch=Non
 def test_evaluate_prompted_and_vae(tiny_data, tmp_path, monkeypatch, classifier, eval_cache, fake_models):
     """In-process, with a fake class-conditional generator that returns the real val video of each prompt,
     and an identity VAE: prompted samples score as real ones, perfect reconstructions have no colour error."""
-    val, labels = tiny_split(tiny_data, "val")
+    real_videos, labels = held_out(tiny_data, 8)  # 12 train + 4 val videos: 8 a side
     module = fake_generator(conditional=True)
     res = evaluate_main(tiny_data, tmp_path, eval_cache, ["--checkpoint", tmp_path / "run/ck/last.ckpt", "--num_videos", 3,
                                                           "--prompted", "--prior_labels", "--cfg_scale", 2, "--vae", "fake"],
                         module, monkeypatch)["results"]
     (y, cfg), (drawn, prior_cfg) = fake_models.prompts
-    assert cfg == 2.0 and y.shape == (4, 10) and all(set(np.flatnonzero(row.numpy())) == set(l) for row, l in zip(y, labels))
-    drawn = [np.flatnonzero(row.numpy()).tolist() for row in drawn]  # one per val video, each a set of the prior
-    assert prior_cfg == 2.0 and len(drawn) == 4 and all(d in PRIOR["sets"] for d in drawn) and len(set(map(tuple, drawn))) > 1
-    scored = res["generated (labels drawn from the training data)"]  # the fake drew val videos: scored against the draws
-    assert scored["prompt_accuracy"] == prompt_scores(val[:4], drawn, classifier)["prompt_accuracy"]
-    real, prompted, rec = res["real (val)"], res["generated (prompted)"], res["vae reconstruction"]
+    assert cfg == 2.0 and y.shape == (8, 10) and all(set(np.flatnonzero(row.numpy())) == set(l) for row, l in zip(y, labels))
+    drawn = [np.flatnonzero(row.numpy()).tolist() for row in drawn]  # one per held-out video, each a set of the prior
+    assert prior_cfg == 2.0 and len(drawn) == 8 and all(d in PRIOR["sets"] for d in drawn) and len(set(map(tuple, drawn))) > 1
+    scored = res["generated (labels drawn from the training data)"]  # the fake drew real videos: scored against the draws
+    assert scored["prompt_accuracy"] == prompt_scores(real_videos, drawn, classifier)["prompt_accuracy"]
+    real, prompted, rec = res["real (held out)"], res["generated (prompted)"], res["vae reconstruction"]
     assert res["generated"]["videos"] == 3 and res["generated"]["legibility"] < 0.5 * real["legibility"]
     for k in METRICS | {"prompt_accuracy", "FMD", "FMD_floor"}:
         assert prompted[k] == pytest.approx(real[k], nan_ok=True), k
     assert rec["colour_error"] == 0 and rec["PSNR"] > 60 and rec["legibility"] == pytest.approx(real["legibility"])
+    assert real["videos"] == prompted["videos"] == rec["videos"] == 8 and real["FMD_n"] == rec["FMD_n"] == 8  # one n
 
 
-CONTROLS = {"real (val)", "real, frames shuffled", "noise"}
+CONTROLS = {"real (held out)", "real, frames shuffled", "noise"}
 
 
 @pytest.mark.parametrize("args, module, sets, continued", [
@@ -381,7 +389,7 @@ def test_evaluate_refuses_flag_combinations(args, message):
     (["--prior_labels"], dict(conditional=True, prior=None), "this checkpoint keeps no label prior"),
     (["--continuation", 4], dict(diffusion=True), "--continuation needs a next-token checkpoint"),
     (["--continuation", 4, "--continuation_cfg", 2], {}, "--continuation_cfg needs a class-conditional checkpoint"),
-    (["--prompted"], dict(conditional=True, labels=False), "--prompted needs the val labels"),
+    (["--prompted"], dict(conditional=True, labels=False), "--prompted needs the real videos' labels"),
     (["--continuation", 3], dict(stride=4), "--continuation 3: must be a positive multiple of the VAE's temporal stride"),
     (["--num_videos", 1], None, "is neither an existing path"),  # no such checkpoint
     (["--num_videos", 0, "--vae", "no_such_vae.ckpt"], {}, "is neither an existing path"),
