@@ -192,10 +192,11 @@ class PreviousInk(nn.Module):
 
 
 class InkTracker:
-    """GPT.generate's ink_fn for a GPT with read_ink: called with the sequence so far [BOS, tokens...] (B, L), it
-    decodes each latent frame once, when the frame is complete (next_frame: the first frame's codes, then
-    each frame the one before moved by its motion tokens), and returns the ink map (B, t h w) float 0/1 of the
-    decoded frames (cell_ink; frames not yet complete: 0) -- what training read from ink_maps."""
+    """What a read_ink GPT reads while sampling (LitLM wraps it as GPT.generate's reader): called with the sequence
+    so far [BOS, tokens...] (B, L), it decodes each latent frame once, when the frame is complete (next_frame: the
+    first frame's codes, then each frame the one before moved by its motion tokens), and returns the ink map
+    (B, t h w) float 0/1 of the decoded frames (cell_ink; frames not yet complete: 0) -- what training read from
+    ink_maps."""
 
     def __init__(self, vae_module, grid):
         self.vae, self.grid = vae_module, tuple(grid)
