@@ -54,6 +54,12 @@ def load_generator(ref: str, device: str = "cpu", vae: str | None = None):
     return module.to(device).eval()
 
 
+def chosen(o: Sampling | None, name: str, recipe):
+    """The value of setting `name`: the one `o` gives, else the checkpoint's recipe value."""
+    value = None if o is None else getattr(o, name)
+    return recipe if value is None else value
+
+
 def recipe_sampling(ckpt: dict, cls) -> dict:
     """The sampling settings a checkpoint's training run was given (its recipe's: sampler, steps, guidance scale,
     temperatures, and the background codes a digit-code temperature needs); the module's defaults for the others."""

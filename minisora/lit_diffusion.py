@@ -102,10 +102,11 @@ class LitDiffusion(L.LightningModule):
     def sampling(self, o=None) -> dict:
         """sample_latents keywords: the settings `o` (a minisora.generate.Sampling) gives, the checkpoint's recipe
         defaults (--sampler, --sample_steps, --cfg_scale of its training run) for those it leaves None."""
+        from minisora.generate import chosen
+
         h = self.hparams
-        pick = lambda name, default: default if o is None or getattr(o, name) is None else getattr(o, name)  # noqa: E731
-        return dict(sampler=self.diffusion.resolve_sampler(pick("sampler", h.sample_sampler)),
-                    steps=pick("steps", h.sample_steps), cfg_scale=pick("cfg_scale", h.cfg_scale),
+        return dict(sampler=self.diffusion.resolve_sampler(chosen(o, "sampler", h.sample_sampler)),
+                    steps=chosen(o, "steps", h.sample_steps), cfg_scale=chosen(o, "cfg_scale", h.cfg_scale),
                     use_ema=True if o is None else o.use_ema)
 
     def sample_and_save(self, tag: str) -> Path | None:

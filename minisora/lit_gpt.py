@@ -103,15 +103,16 @@ class LitLM(L.LightningModule):
         """How to draw: the settings `o` (a minisora.generate.Sampling) gives, the checkpoint's recipe defaults (its
         training run's --temperature, --top_k, --top_p, --cfg_scale, --ink_temperature) for those it leaves None.
         top_k 0 and top_p 1 turn them off."""
+        from minisora.generate import chosen
+
         h = self.hparams
-        pick = lambda name, default: default if o is None or getattr(o, name) is None else getattr(o, name)  # noqa: E731
-        top_p = pick("top_p", h.top_p)
-        ink = pick("ink_temperature", h.get("ink_temperature"))
+        top_p = chosen(o, "top_p", h.top_p)
+        ink = chosen(o, "ink_temperature", h.get("ink_temperature"))
         if ink is not None and ink < 0:
             raise ValueError(f"ink_temperature must be >= 0, got {ink}")
-        return TokenSampling(pick("temperature", h.temperature), pick("top_k", h.top_k) or None,
-                             top_p if top_p is not None and top_p < 1 else None, pick("cfg_scale", h.get("cfg_scale", 1.0)),
-                             ink)
+        return TokenSampling(chosen(o, "temperature", h.temperature), chosen(o, "top_k", h.top_k) or None,
+                             top_p if top_p is not None and top_p < 1 else None,
+                             chosen(o, "cfg_scale", h.get("cfg_scale", 1.0)), ink)
 
     @torch.no_grad()
     def sample_codes(self, n: int, prompt_codes: torch.Tensor | None = None, seed: int = 0,
