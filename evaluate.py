@@ -36,8 +36,8 @@ from minisora.data import VideoDataset, hold_last_frame, load_labels, to_model_r
 from minisora.evaluation import (FMD, DigitCNN, FeatureNet, colour_error, continuation_metrics, given_classes,
                                  fd_with_ci, i3d_features, prompt_scores, to_float, train_digit_classifier,
                                  train_feature_net, video_metrics)
-from minisora.generate import (Sampling, continue_videos, generate_videos, is_diffusion, label_prompts,
-                               load_generator, num_classes, prior_label_sets)
+from minisora.generate import (Sampling, continue_videos, describe_sampling, generate_videos, is_diffusion,
+                               label_prompts, load_generator, num_classes, prior_label_sets)
 from minisora.video_io import list_videos, read_video, save_video_grid, to_uint8_frames
 
 COLUMNS = ["videos", "FMD", "legibility", "legible_per_frame", "digits_per_frame", "mean_speed_px", "motion_residual_px",
@@ -209,10 +209,6 @@ def sampling(a, continuation: bool = False) -> Sampling:
     return replace(opts, cfg_scale=a.continuation_cfg) if continuation else opts
 
 
-def describe(opts: Sampling) -> str:
-    return ", ".join(f"{k} {v}" for k, v in vars(opts).items() if v is not None and v is not True) or "its recipe"
-
-
 def sample(module, n: int, a, y: torch.Tensor | None = None) -> np.ndarray:
     """n uint8 videos (n, T, H, W, 3) from a generator (minisora.generate); y: (n, classes) multi-hot prompts."""
     try:
@@ -226,8 +222,12 @@ def generated_sets(a, module, real: Real, clf: DigitCNN) -> tuple[dict, dict]:
     """The sets sampled from --checkpoint (unconditional, --prompted, --prior_labels) and their prompt scores."""
     sets, extra = {}, {}
     num_videos = a.num_fmd if a.num_videos is None else a.num_videos
+    try:
+        how = describe_sampling(module, sampling(a))
+    except ValueError as e:  # sampling settings the checkpoint cannot take
+        sys.exit(f"error: {e}")
     if num_videos:
-        print(f"[evaluate] sampling {num_videos} videos from {a.checkpoint} ({describe(sampling(a))})")
+        print(f"[evaluate] sampling {num_videos} videos from {a.checkpoint} ({how})")
         sets["generated"] = sample(module, num_videos, a)
     prompts = {}  # set: (one digit set per video, what they are)
     if a.prompted:

@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from minisora.cli import Parser, add_sampling_args, add_vae_arg, sampling_options
-from minisora.generate import generate_videos, label_prompts, load_generator, num_classes, prior_label_sets
+from minisora.generate import (describe_sampling, generate_videos, label_prompts, load_generator, num_classes,
+                               prior_label_sets)
 from minisora.video_io import save_video_grid
 
 
@@ -71,31 +72,18 @@ def prompts(module, a, device) -> tuple[torch.Tensor | None, list | None]:
     return label_prompts(sets if a.prompts is None else [sets[i % len(sets)] for i in range(a.num_videos)], k, device), None
 
 
-def describe(module, opts, drawn) -> str:
-    """The settings the videos were drawn with (the recipe's, unless flags changed them)."""
-    if hasattr(module, "sampling"):
-        s = module.sampling(opts)
-        how = f"{s['sampler']}, {s['steps']} steps, guidance {s['cfg_scale']}"
-    else:
-        s = module.token_sampling(opts)
-        how = f"temperature {s.temperature}, top-k {s.top_k}, top-p {s.top_p}, guidance {s.cfg_scale}"
-        if s.ink_temperature is not None:
-            how += f", digit codes at temperature {s.ink_temperature}"
-    if drawn is not None:
-        how += ", digits drawn from the training data's: " + " ".join(",".join(map(str, d)) for d in drawn)
-    return how
-
-
 def main(argv=None):
     a = parse_args(argv)
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     opts = sampling_options(a)
     try:
         module = load_generator(a.checkpoint, device, a.vae)
-        how = describe(module, opts, None)  # settings the checkpoint cannot take fail here, before any work
+        how = describe_sampling(module, opts)  # settings the checkpoint cannot take fail here, before any work
     except (ValueError, FileNotFoundError, ConnectionError) as e:
         sys.exit(f"error: {e}")
     y, drawn = prompts(module, a, device)
+    if drawn is not None:
+        how += ", digits drawn from the training data's: " + " ".join(",".join(map(str, d)) for d in drawn)
     ck = Path(a.checkpoint)
     out = Path(a.output_dir) if a.output_dir else Path("runs/sample") / (ck.parent.parent.name if ck.exists() else ck.name)
     out.mkdir(parents=True, exist_ok=True)
@@ -108,7 +96,7 @@ def main(argv=None):
     for i, v in enumerate(videos):
         save_video_grid([v], out / f"{i:03d}.mp4", fps=a.fps, gif=False)
     grid = save_video_grid(videos, out / "grid.mp4", fps=a.fps)
-    print(f"[sample] {a.num_videos} videos ({describe(module, opts, drawn) if drawn else how}) in {dt:.1f}s "
+    print(f"[sample] {a.num_videos} videos ({how}) in {dt:.1f}s "
           f"({dt / a.num_videos:.2f}s per video) -> {out}/000.mp4 ... and grid {grid} + {grid.with_suffix('.gif')}")
 
 

@@ -60,6 +60,17 @@ def chosen(o: Sampling | None, name: str, recipe):
     return recipe if value is None else value
 
 
+def describe_sampling(module, opts: Sampling | None = None) -> str:
+    """The settings a generator draws with (its recipe's, unless `opts` changes them), in words; ValueError for
+    settings the checkpoint cannot take (so scripts can refuse them before any work)."""
+    if is_diffusion(module):
+        s = module.sampling(opts)
+        return f"{s['sampler']}, {s['steps']} steps, guidance {s['cfg_scale']}"
+    s = module.token_sampling(opts)
+    how = f"temperature {s.temperature}, top-k {s.top_k}, top-p {s.top_p}, guidance {s.cfg_scale}"
+    return how if s.ink_temperature is None else how + f", digit codes at temperature {s.ink_temperature}"
+
+
 def recipe_sampling(ckpt: dict, cls) -> dict:
     """The sampling settings a checkpoint's training run was given (its recipe's: sampler, steps, guidance scale,
     temperatures, and the background codes a digit-code temperature needs); the module's defaults for the others."""

@@ -260,7 +260,10 @@ def fake_generator(conditional=False, diffusion=False, prior=PRIOR):
     """What evaluate.py reads of a loaded checkpoint: its classes, its label prior, diffusion or next-token."""
     from lightning.pytorch.utilities.parsing import AttributeDict
     hp = AttributeDict(model_config={"num_classes": 10 if conditional else 0}, label_prior=prior if conditional else None)
-    return types.SimpleNamespace(hparams=hp, **({"sample_latents": None} if diffusion else {}))
+    from models.gpt import TokenSampling
+    settings = ({"sample_latents": None, "sampling": lambda o: dict(sampler="euler", steps=2, cfg_scale=1.0)}
+                if diffusion else {"token_sampling": lambda o: TokenSampling()})
+    return types.SimpleNamespace(hparams=hp, **settings)
 
 
 @pytest.fixture
